@@ -1,0 +1,1 @@
+"""Audio features, file I/O and synthesis."""
