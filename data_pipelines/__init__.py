@@ -1,0 +1,30 @@
+"""afx datasets: tfds builders writing ArrayRecord, read without TensorFlow.
+
+  builder = data_pipelines.prepare(data_pipelines.get_builder("synth_events"))
+  source = builder.as_data_source(split="train")  # random access, numpy examples
+
+Known datasets: ``synth_events`` (procedural, built in about a minute), ``fsd50k`` (from a
+manual download) and ``audio_folder`` (your own files and a labels.csv).
+"""
+
+from data_pipelines.builders import (
+    BuildReport,
+    class_names,
+    default_data_dir,
+    get_builder,
+    known_names,
+    prepare,
+    read_report,
+    sample_rate,
+)
+
+__all__ = [
+    "BuildReport",
+    "class_names",
+    "default_data_dir",
+    "get_builder",
+    "known_names",
+    "prepare",
+    "read_report",
+    "sample_rate",
+]
