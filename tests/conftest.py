@@ -7,3 +7,50 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DISABLE_PROGRESS_BAR", "1")
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLIT_SIZES = {"train": 96, "validation": 16, "test": 32}
+
+TINY_CONFIG = '''"""A seconds-long variant of experiments/verma_berger_2021.py for tests."""
+from afx.train.config import load_config
+
+
+def get_config(variant=None):
+  config = load_config({experiment!r} + ":" + (variant or "small,tiny"))
+  config.data.data_dir = {data_dir!r}
+  config.data.builder_kwargs = {{"split_sizes": {split_sizes!r}}}
+  config.data.num_threads = 2
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.total_steps = 20
+  config.log_every = 5
+  config.checkpoint_every = 5
+  config.eval_every = 0
+  config.optimizer.warmup_steps = 2
+  if config.model.name == "audio_transformer":
+    config.model.frontend_hidden = 32
+    config.model.num_layers = 1
+    config.model.mlp_dim = 32
+  return config
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path(tmp_path_factory):
+  """A config file whose runs train in seconds on a 144-clip synth_events build shared by the session."""
+  root = tmp_path_factory.mktemp("tiny")
+  path = root / "tiny_config.py"
+  path.write_text(TINY_CONFIG.format(experiment=os.path.join(REPO, "experiments", "verma_berger_2021.py"),
+                                     data_dir=str(root / "data"), split_sizes=SPLIT_SIZES))
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_config_path, tmp_path_factory):
+  """A finished 20-step run of the tiny Audio Transformer."""
+  from afx.train import load_config, train
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train(load_config(f"{tiny_config_path}:small,tiny"), workdir)
+  return workdir

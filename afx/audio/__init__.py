@@ -1,1 +1,13 @@
-"""Audio features, file I/O and synthesis."""
+"""Audio features (jittable, batched, librosa's names and defaults), file I/O and synthesis.
+
+  mel = afx.audio.log_mel_spectrogram(waveforms, sample_rate=16000, n_fft=512, hop_length=160, n_mels=96)
+  audio, rate = afx.audio.load_audio("clip.flac", sample_rate=16000)
+"""
+
+from afx.audio import synthesis
+from afx.audio.features import (hz_to_mel, log_mel_spectrogram, mel_filterbank, mel_spectrogram, mel_to_hz,
+                                mu_law_decode, mu_law_encode, power_to_db, stft)
+from afx.audio.io import load_audio, write_audio
+
+__all__ = ["hz_to_mel", "load_audio", "log_mel_spectrogram", "mel_filterbank", "mel_spectrogram", "mel_to_hz",
+           "mu_law_decode", "mu_law_encode", "power_to_db", "stft", "synthesis", "write_audio"]

@@ -1,0 +1,1 @@
+"""Compute kernels: attention implementations behind one dispatch function."""

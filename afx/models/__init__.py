@@ -1,0 +1,56 @@
+"""Models looked up by name: `build_model(model_config, num_classes=..., attention_impl=...)`."""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from afx.errors import ConfigError
+from afx.models import audio_transformer
+from afx.models.audio_transformer import AudioTransformer
+from afx.models.vgg_like import VGGLike
+
+MODELS: dict[str, type[nn.Module]] = {
+    "audio_transformer": AudioTransformer,
+    "vgg_like": VGGLike,
+}
+
+
+def build_model(model_config: dict[str, Any], **fixed: Any) -> nn.Module:
+  """The module named by `model_config["name"]`, built with the config's other keys and `fixed`.
+
+  `fixed` carries what the run decides rather than the model config: `num_classes` from the dataset,
+  `attention_impl` from the top-level config.  An unknown name or key is a `ConfigError`.
+  """
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", None)
+  if name not in MODELS:
+    raise ConfigError(f"unknown model.name {name!r}; choose one of {', '.join(sorted(MODELS))}")
+  cls = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ConfigError(f"model {name!r} has no option {unknown[0]!r} (config key model.{unknown[0]}); "
+                      f"its options are {', '.join(sorted(fields - set(fixed)))}")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return cls(**kwargs, **{k: v for k, v in fixed.items() if k in fields})
+
+
+# Figures a model writes about itself after training: name → fn(params, *, sample_rate, directory).
+FIGURES: dict[str, Callable] = {
+    "audio_transformer": audio_transformer.write_figures,
+}
+
+
+def write_figures(name: str, params, *, sample_rate: int, directory: str) -> list[str]:
+  """Write the figures registered for model `name` into `directory`; returns their paths."""
+  return FIGURES[name](params, sample_rate=sample_rate, directory=directory) if name in FIGURES else []
+
+
+def parameter_count(params) -> int:
+  """Number of scalars in a parameter tree (works on `jax.eval_shape` output too)."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+__all__ = ["FIGURES", "MODELS", "AudioTransformer", "VGGLike", "build_model", "parameter_count", "write_figures"]

@@ -1,0 +1,1 @@
+"""Task families: losses, metrics and evaluation."""

@@ -1,0 +1,44 @@
+"""The bridge from a config's `data` group to built tfds datasets and their properties."""
+
+import dataclasses
+import os
+
+import jax
+import ml_collections
+
+import data_pipelines
+from afx.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  builder: object
+  class_names: list[str]
+  sample_rate: int
+
+  def source(self, split: str):
+    if split not in self.builder.info.splits:
+      known = ", ".join(sorted(self.builder.info.splits.keys()))
+      raise DataError(f"dataset {self.builder.name} has no split {split!r}; its splits are {known}")
+    source = self.builder.as_data_source(split=split)
+    if len(source) == 0:
+      raise DataError(f"split {split!r} of dataset {self.builder.name} is empty")
+    return source
+
+
+def open_dataset(data: ml_collections.ConfigDict) -> Dataset:
+  """Build the dataset if needed (process 0 first, the others then read it) and describe it."""
+  builder_kwargs = data.get("builder_kwargs")
+  kwargs = builder_kwargs.to_dict() if builder_kwargs else {}
+  for key in ("manual_dir", "folder"):
+    if data.get(key):
+      kwargs[key] = os.path.expanduser(data[key])
+  make_builder = lambda: data_pipelines.get_builder(data.name, data_dir=data.get("data_dir") or None, **kwargs)
+  if jax.process_index() == 0:
+    builder = data_pipelines.prepare(make_builder())
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"dataset {data.name} prepared")
+    if jax.process_index() != 0:
+      builder = data_pipelines.prepare(make_builder())
+  return Dataset(builder, data_pipelines.class_names(builder), data_pipelines.sample_rate(builder))

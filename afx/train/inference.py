@@ -1,0 +1,80 @@
+"""Use a trained run from its workdir: evaluate a split, or predict labels for audio files."""
+
+import json
+import os
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from afx.audio.io import load_audio
+from afx.errors import AudioError, ConfigError
+from afx.train import config as config_lib
+from afx.train.checkpoint import Checkpoints
+from afx.train.data import open_dataset
+from afx.train.trainer import Run, TrainState, _host, evaluate_source, make_run
+from data_pipelines import pipeline
+
+
+def load_run(workdir: str) -> tuple[Run, TrainState]:
+  """The run's config, model and newest checkpointed state, laid out over this machine's devices."""
+  workdir = os.path.abspath(workdir)
+  config = config_lib.from_json(os.path.join(workdir, "config.json"))
+  dataset_path = os.path.join(workdir, "dataset.json")
+  if not os.path.exists(dataset_path):
+    raise ConfigError(f"{dataset_path} does not exist; is {workdir} a workdir that `run.py train` wrote?")
+  with open(dataset_path) as f:
+    dataset = json.load(f)
+  run = make_run(config, class_names=dataset["class_names"], sample_rate=dataset["sample_rate"])
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  if step is None:
+    checkpoints.close()
+    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint yet; run `run.py train` with this --workdir first")
+  state = checkpoints.restore(step, run.abstract_state)
+  checkpoints.close()
+  return run, state
+
+
+def evaluate(workdir: str, split: str | None = None) -> dict:
+  """`eval.json` of the run, or, for another split, that split's metrics (also saved as `eval_<split>.json`)."""
+  workdir = os.path.abspath(workdir)
+  eval_path = os.path.join(workdir, "eval.json")
+  if split is None and os.path.exists(eval_path):
+    with open(eval_path) as f:
+      return json.load(f)
+  run, state = load_run(workdir)
+  split = split or run.config.data.test_split
+  results = evaluate_source(run, state, open_dataset(run.config.data).source(split))
+  results.update(split=split, step=int(state.step))
+  with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[dict]:
+  """For each file, `{"file", "top": [{"label", "score"}, …]}`, or `{"file", "error"}` if it cannot be read.
+
+  Long files are cut into the run's sliding windows and the window scores averaged.
+  """
+  run, state = load_run(workdir)
+  hop = round(run.config.data.eval_hop_seconds * run.sample_rate)
+  batch_size = run.mesh.size
+  for path in files:
+    try:
+      audio, _ = load_audio(path, sample_rate=run.sample_rate)
+    except AudioError as error:
+      yield {"file": path, "error": str(error)}
+      continue
+    windows = pipeline.sliding_windows(audio, run.clip_samples, hop)
+    pad = -windows.shape[0] % batch_size
+    windows = np.concatenate([windows, np.zeros((pad, run.clip_samples), np.float32)])
+    clips = np.r_[np.zeros(windows.shape[0] - pad, np.int32), -np.ones(pad, np.int32)]
+    scores = []
+    for start in range(0, windows.shape[0], batch_size):
+      batch = {"audio": windows[start:start + batch_size], "clip": clips[start:start + batch_size],
+               "targets": np.zeros((batch_size, len(run.class_names)), np.float32)}
+      scores.append(_host(run.predict(state, run.to_global(batch))["scores"]))
+    mean_scores = np.concatenate(scores)[clips >= 0].mean(axis=0)
+    top = np.argsort(-mean_scores, kind="stable")[:top_k]
+    yield {"file": path, "top": [{"label": run.class_names[i], "score": round(float(mean_scores[i]), 6)} for i in top]}

@@ -1,0 +1,92 @@
+"""Rerun a paper's table: train every row of `experiments/TABLE.py` and set afx's numbers beside the paper's.
+
+An experiment file holds configuration only: `get_config(variant)`, `TITLE`, `METRIC` and `ROWS`, a
+dict from row name to `{"label", "paper"[, "paper_params"]}`.  The variant of a row is `ROW` at paper
+scale and `ROW,tiny` at tiny scale.
+"""
+
+import json
+import os
+from typing import Iterable
+
+from afx.errors import ConfigError
+from afx.train import config as config_lib
+from afx.train.trainer import train
+
+SCALES = ("tiny", "paper")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def experiment_path(table: str) -> str:
+  """`experiments/TABLE.py` under the current directory or the afx checkout."""
+  candidates = [os.path.join(root, "experiments", f"{table}.py") for root in (os.getcwd(), REPO_ROOT)]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  tables = sorted({name[:-3] for root in (os.getcwd(), REPO_ROOT) if os.path.isdir(os.path.join(root, "experiments"))
+                   for name in os.listdir(os.path.join(root, "experiments"))
+                   if name.endswith(".py") and not name.startswith("_")})
+  raise ConfigError(f"no experiment {table!r} (looked for {candidates[-1]}); known tables: {', '.join(tables)}")
+
+
+def variant(row: str, scale: str) -> str:
+  return row if scale == "paper" else f"{row},{scale}"
+
+
+def _number(value) -> str:
+  if value is None:
+    return "–"
+  if isinstance(value, int) or (isinstance(value, float) and value >= 1000):
+    return f"{value / 1e6:.2f} M"
+  return f"{value:.3f}"
+
+
+def format_table(results: dict) -> str:
+  """Markdown table of `results.json`."""
+  extra = [key for key in ("d_prime", "params", "paper_params") if any(key in row for row in results["rows"])]
+  header = ["row", "model", "metric", "afx", "paper"] + extra
+  lines = [f"## {results['title']} ({results['scale']} scale)", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in results["rows"]:
+    cells = [row["name"], row.get("label", ""), row["metric"], _number(row["afx"]), _number(row["paper"])]
+    cells += [_number(row.get(key)) for key in extra]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] = ()) -> dict | None:
+  """Train (or resume, or reuse) every row, then write `workdir/results.json` and `workdir/table.md`.
+
+  Each row trains in `workdir/ROW`; a finished row is not trained again, so an interrupted
+  reproduce continues where it stopped.  Returns the results, or None if a row was preempted.
+  """
+  if scale not in SCALES:
+    raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+  path = experiment_path(table)
+  experiment = config_lib.load_module(path)
+  overrides = list(overrides)
+  configs = {}
+  for row in experiment.ROWS:  # check every row's config before training any
+    configs[row] = config_lib.apply_overrides(config_lib.load_config(f"{path}:{variant(row, scale)}"), overrides)
+  rows = []
+  for row, info in experiment.ROWS.items():
+    results = train(configs[row], os.path.join(workdir, row))
+    if results is None:
+      return None
+    metric = experiment.METRIC
+    entry = {"name": row, "label": info.get("label", row), "metric": metric, "afx": results[metric],
+             "paper": info.get("paper")}
+    entry.update({k: results[k] for k in ("d_prime", "params") if k in results})
+    if "paper_params" in info:
+      entry["paper_params"] = info["paper_params"]
+    rows.append(entry)
+  results = {"table": table, "title": experiment.TITLE, "scale": scale, "rows": rows}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+    f.write("\n")
+  text = format_table(results)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(text)
+  print(text)
+  return results

@@ -1,0 +1,294 @@
+"""One linear training loop for every classification run, on one device or many.
+
+`train(config, workdir)` builds the dataset, creates the state already sharded over the mesh, runs
+jitted steps that donate their state, logs, evaluates, checkpoints (state + data iterator) and
+resumes from `workdir` when rerun.  `evaluate` and `predict` reload a finished run.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from afx import models
+from afx.errors import ConfigError, NonFiniteLossError
+from afx.tasks import classification
+from afx.train import config as config_lib
+from afx.train import sharding
+from afx.train.checkpoint import Checkpoints, abstract_with_shardings
+from afx.train.data import Dataset, open_dataset
+from afx.train.metric_writer import MetricWriter
+from afx.train.optim import learning_rate_schedule, make_optimizer
+from data_pipelines import pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any  # non-parameter collections, e.g. BatchNorm statistics
+  opt_state: Any
+
+
+def init_state(rng, *, model, tx, clip_samples: int) -> TrainState:
+  variables = dict(model.init({"params": rng, "dropout": rng}, jnp.zeros((1, clip_samples)), train=False))
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=tx.init(params))
+
+
+def _apply(model, state, params, audio, *, train: bool, rng=None):
+  """Model outputs and the updated non-parameter collections."""
+  variables = {"params": params, **state.model_state}
+  rngs = {"dropout": rng} if rng is not None else {}
+  if train and state.model_state:
+    return model.apply(variables, audio, train=True, rngs=rngs, mutable=list(state.model_state))
+  return model.apply(variables, audio, train=train, rngs=rngs), state.model_state
+
+
+def train_step(state: TrainState, batch, *, model, tx, loss_fn: Callable, rng) -> tuple[TrainState, dict]:
+  """One optimiser step on a global batch; dropout keys are folded from the step number."""
+  step_rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    outputs, model_state = _apply(model, state, params, batch["audio"], train=True, rng=step_rng)
+    return loss_fn(outputs, batch["targets"]), model_state
+
+  (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            model_state=model_state, opt_state=opt_state)
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def predict_step(state: TrainState, batch, *, model, task: str) -> dict:
+  outputs, _ = _apply(model, state, state.params, batch["audio"], train=False)
+  return {"scores": classification.scores(outputs, task=task), "clip": batch["clip"], "targets": batch["targets"]}
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything fixed by a config and a dataset: mesh, model, optimiser and compiled steps."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model: Any
+  tx: optax.GradientTransformation
+  learning_rate: Callable[[int], float]
+  class_names: list[str]
+  sample_rate: int
+  clip_samples: int
+  state_shardings: Any
+  abstract_state: Any  # ShapeDtypeStructs with shardings, for restoring
+  init: Callable
+  train_step: Callable
+  predict: Callable
+
+  @property
+  def task(self) -> str:
+    return self.config.task
+
+  def to_global(self, local_batch: dict) -> dict:
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
+
+
+def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
+             devices=None) -> Run:
+  if config.task not in classification.TASKS:
+    raise ConfigError(f"unknown task {config.task!r}; choose one of {', '.join(classification.TASKS)}")
+  mesh = sharding.make_mesh(config.get("fsdp", 1), devices)
+  sharding.check_batch_size(config.batch_size, mesh)
+  model = models.build_model(config.model, num_classes=len(class_names), sample_rate=sample_rate,
+                             attention_impl=config.attention_impl or None)
+  tx = make_optimizer(config.optimizer, config.total_steps)
+  schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+  clip_samples = round(config.data.clip_seconds * sample_rate)
+  init = functools.partial(init_state, model=model, tx=tx, clip_samples=clip_samples)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, abstract)
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  loss_fn = functools.partial(classification.loss, task=config.task)
+  step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
+                           rng=jax.random.key(config.seed + 1))
+  return Run(
+      config=config, mesh=mesh, model=model, tx=tx, learning_rate=schedule, class_names=list(class_names), sample_rate=sample_rate,
+      clip_samples=clip_samples, state_shardings=shardings,
+      abstract_state=abstract_with_shardings(abstract, shardings),
+      init=jax.jit(init, out_shardings=shardings),
+      train_step=jax.jit(step, in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, replicated), donate_argnums=0),
+      predict=jax.jit(functools.partial(predict_step, model=model, task=config.task),
+                      in_shardings=(shardings, batch_sharding), out_shardings=replicated))
+
+
+def _host(array) -> np.ndarray:
+  """A replicated global array as a NumPy array on this host (works across processes)."""
+  return np.asarray(array.addressable_data(0))
+
+
+def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
+  """Clip-level metrics on a split: sliding windows, window scores averaged per clip."""
+  data = run.config.data
+  eval_batch = run.config.get("eval_batch_size") or run.config.batch_size
+  sharding.check_batch_size(eval_batch, run.mesh)
+  window_args = dict(clip_samples=run.clip_samples, hop_samples=round(data.eval_hop_seconds * run.sample_rate),
+                     local_batch_size=eval_batch // jax.process_count(),
+                     process_index=jax.process_index(), process_count=jax.process_count())
+  num_batches = None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    counts = multihost_utils.process_allgather(np.asarray(pipeline.count_eval_batches(source, **window_args)))
+    num_batches = int(np.max(counts))
+  rows = {"scores": [], "clip": [], "targets": []}
+  for batch in pipeline.eval_batches(source, num_classes=len(run.class_names), num_batches=num_batches,
+                                     **window_args):
+    outputs = run.predict(state, run.to_global(batch))
+    for key in rows:
+      rows[key].append(_host(outputs[key]))
+  scores, targets = pipeline.average_by_clip(len(source), *(np.concatenate(rows[k]) for k in ("scores", "clip", "targets")))
+  return classification.metrics(scores, targets, task=run.task)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (single host) or by orbax's preemption sync point (multi-host)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(pending: list[dict], last_step: int, checkpoint_dir: str, last_saved: int | None) -> dict:
+  """Mean metrics of the steps since the last check; a non-finite loss stops the run."""
+  values = {key: np.asarray([float(m[key]) for m in pending]) for key in pending[0]}
+  bad = np.nonzero(~np.isfinite(values["loss"]))[0]
+  if bad.size:
+    first_step = last_step - len(pending) + 1
+    saved = f"the last good checkpoint (step {last_saved}) in {checkpoint_dir} is intact" if last_saved \
+        else "no checkpoint had been saved yet"
+    raise NonFiniteLossError(
+        f"loss became non-finite at step {first_step + int(bad[0])} (checked steps {first_step}-{last_step}); "
+        f"{saved}. Lower --config.optimizer.learning_rate or set --config.optimizer.grad_clip_norm")
+  return {key: float(v.mean()) for key, v in values.items()}
+
+
+def _write_json(path: str, payload) -> None:
+  if jax.process_index() == 0:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(payload, f, indent=2)
+      f.write("\n")
+    os.replace(tmp, path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None,
+          devices=None) -> dict | None:
+  """Train, evaluate and write `workdir/{config.json,metrics.jsonl,checkpoints/,eval.json}`.
+
+  Rerunning with the same workdir resumes from the newest checkpoint (parameters, optimiser and data
+  iterator).  `stop_at_step` (or SIGTERM) saves a checkpoint at that step and returns None, as a
+  preempted job would.  Returns the final test metrics.
+  """
+  sharding.maybe_initialize_distributed()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+  dataset = open_dataset(config.data)
+  _write_json(os.path.join(workdir, "dataset.json"),
+              {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
+  run = make_run(config, class_names=dataset.class_names, sample_rate=dataset.sample_rate, devices=devices)
+
+  train_iter = iter(pipeline.train_dataset(
+      dataset.source(config.data.train_split), clip_samples=run.clip_samples,
+      num_classes=len(run.class_names), local_batch_size=config.batch_size // jax.process_count(),
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.get("num_threads", 4)))
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
+  start = checkpoints.latest_step() or 0
+  state = checkpoints.restore(start, run.abstract_state, train_iter) if start else run.init(jax.random.key(config.seed))
+  eval_path = os.path.join(workdir, "eval.json")
+  if start >= config.total_steps and os.path.exists(eval_path):
+    checkpoints.close()
+    with open(eval_path) as f:
+      return json.load(f)
+
+  writer = MetricWriter(workdir, resume_step=start)
+  last_saved = start or None
+  pending: list[dict] = []
+  validation = dataset.source(config.data.eval_split) if config.eval_every else None
+  progress = tqdm(total=config.total_steps, initial=start, unit="step", disable=jax.process_index() != 0,
+                  dynamic_ncols=True, desc=os.path.basename(workdir))
+  tick, tick_step = time.perf_counter(), start
+  try:
+    with _PreemptionFlag() as preemption:
+      for step in range(start, config.total_steps):
+        if step == stop_at_step or preemption.requested or (
+            jax.process_count() > 1 and checkpoints.reached_preemption(step)):
+          if pending:
+            _check_finite(pending, step, checkpoints.directory, last_saved)
+          checkpoints.save(step, state, train_iter)
+          checkpoints.wait()
+          tqdm.write(f"stopped at step {step}: checkpoint saved in {checkpoints.directory}; "
+                     "rerun the same command to resume")
+          return None
+        state, step_metrics = run.train_step(state, run.to_global(next(train_iter)))
+        pending.append(step_metrics)
+        done = step + 1
+        evaluate_now = bool(config.eval_every) and done % config.eval_every == 0 and done < config.total_steps
+        save_now = done % config.checkpoint_every == 0 or done == config.total_steps
+        log_now = done % config.log_every == 0 or done == config.total_steps or evaluate_now
+        if log_now or save_now:
+          means = _check_finite(pending, done, checkpoints.directory, last_saved)
+          pending = []
+          if log_now:
+            now = time.perf_counter()
+            record = {**means, "learning_rate": float(run.learning_rate(done)),
+                      "steps_per_sec": (done - tick_step) / max(now - tick, 1e-9)}
+            tick, tick_step = now, done
+            if evaluate_now:
+              record.update({f"val_{k}": v for k, v in evaluate_source(run, state, validation).items()})
+            writer.write(done, record)
+            progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+        if save_now:
+          checkpoints.save(done, state, train_iter)
+          last_saved = done
+        progress.update(1)
+    checkpoints.wait()
+  finally:
+    progress.close()
+    writer.close()
+    checkpoints.wait()
+    checkpoints.close()
+
+  results = evaluate_source(run, state, dataset.source(config.data.test_split))
+  results.update(split=config.data.test_split, step=int(config.total_steps),
+                 params=models.parameter_count(state.params))
+  _write_json(eval_path, results)
+  if jax.process_index() == 0:
+    models.write_figures(config.model.name, jax.device_get(state.params), sample_rate=run.sample_rate,
+                         directory=workdir)
+  return results

@@ -1,0 +1,105 @@
+"""The trainer: learning, resuming bit for bit, device-count invariance, non-finite losses, outputs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from afx.errors import NonFiniteLossError
+from afx.train import apply_overrides, load_config, load_run, make_run, train
+from afx.train.trainer import init_state
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_short_run_lowers_the_loss_and_writes_its_outputs(trained_workdir):
+  records = read_metrics(trained_workdir)
+  assert [r["step"] for r in records] == [5, 10, 15, 20]
+  assert all("loss" in r and "learning_rate" in r and "steps_per_sec" in r for r in records)
+  assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+  with open(os.path.join(trained_workdir, "eval.json")) as f:
+    results = json.load(f)
+  assert 0.0 <= results["mAP"] <= 1.0 and np.isfinite(results["d_prime"]) and results["step"] == 20
+  for name in ("config.json", "dataset.json", "frontend.png", "checkpoints/20", "tensorboard"):
+    assert os.path.exists(os.path.join(trained_workdir, name)), name
+
+
+def test_interrupted_run_resumes_to_the_same_parameters_and_eval(tiny_config_path, trained_workdir, tmp_path):
+  config = load_config(f"{tiny_config_path}:small,tiny")
+  workdir = str(tmp_path / "interrupted")
+  assert train(config, workdir, stop_at_step=7) is None  # not a multiple of checkpoint_every
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["5", "7"]
+  resumed = train(config, workdir)
+  with open(os.path.join(trained_workdir, "eval.json")) as f:
+    assert resumed == json.load(f)
+  _, uninterrupted_state = load_run(trained_workdir)
+  _, resumed_state = load_run(workdir)
+  for a, b in zip(jax.tree_util.tree_leaves(uninterrupted_state), jax.tree_util.tree_leaves(resumed_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [r["step"] for r in read_metrics(workdir)] == [5, 10, 15, 20]
+
+
+def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path):
+  # SGD, because Adam turns rounding noise in near-zero gradients into full-size steps.
+  config = apply_overrides(load_config(f"{tiny_config_path}:large_pool,tiny"),
+                           ["optimizer.name=sgd", "optimizer.warmup_steps=0", "optimizer.learning_rate=0.1"])
+  batch = {"audio": np.random.default_rng(0).normal(size=(16, 16000)).astype(np.float32) * 0.1,
+           "targets": (np.random.default_rng(1).random((16, 5)) < 0.3).astype(np.float32)}
+  params, losses = [], []
+  for devices in (jax.devices()[:1], jax.devices()):
+    run = make_run(config, class_names=list("abcde"), sample_rate=16000, devices=devices)
+    state = run.init(jax.random.key(0))
+    for _ in range(2):
+      state, metrics = run.train_step(state, run.to_global(batch))
+      losses.append(float(metrics["loss"]))
+    assert len(state.params["head"]["kernel"].sharding.device_set) == len(devices)
+    params.append(jax.device_get(state.params))
+  np.testing.assert_allclose(losses[:2], losses[2:], rtol=1e-5)
+  for one, eight in zip(jax.tree_util.tree_leaves(params[0]), jax.tree_util.tree_leaves(params[1])):
+    np.testing.assert_allclose(one, eight, rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_shards_large_parameters_and_matches_data_parallel(tiny_config_path):
+  config = load_config(f"{tiny_config_path}:small,tiny")
+  batch = {"audio": np.random.default_rng(0).normal(size=(16, 16000)).astype(np.float32) * 0.1,
+           "targets": np.eye(5, dtype=np.float32)[np.arange(16) % 5]}
+  results = []
+  for fsdp in (1, 4):
+    run = make_run(apply_overrides(config, [f"fsdp={fsdp}", "optimizer.name=sgd", "model.frontend_hidden=64"]), class_names=list("abcde"), sample_rate=16000)
+    state, _ = run.train_step(run.init(jax.random.key(0)), run.to_global(batch))
+    results.append(state)
+  kernel = results[1].params["frontend"]["filters"]["kernel"]  # [400, 64]: big enough to split over fsdp
+  assert kernel.sharding.shard_shape(kernel.shape) != kernel.shape
+  np.testing.assert_allclose(np.asarray(results[0].params["frontend"]["filters"]["kernel"]), np.asarray(kernel),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_good_checkpoint(tiny_config_path, tmp_path):
+  workdir = str(tmp_path / "diverging")
+  config = load_config(f"{tiny_config_path}:small,tiny")
+  train(apply_overrides(config, ["total_steps=10"]), workdir)
+  _, good = load_run(workdir)
+  diverging = apply_overrides(config, ["optimizer.learning_rate=1e30",
+                                       "optimizer.warmup_steps=0", "optimizer.schedule=constant"])
+  with pytest.raises(NonFiniteLossError, match=r"non-finite at step 1[1-5] \(checked steps 11-15\).*step 10"):
+    train(diverging, workdir)
+  assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints"))) == 10
+  _, after = load_run(workdir)
+  for a, b in zip(jax.tree_util.tree_leaves(good.params), jax.tree_util.tree_leaves(after.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_state_is_created_sharded_without_a_host_copy(tiny_config_path):
+  config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["fsdp=2", "model.frontend_hidden=64"])
+  run = make_run(config, class_names=list("abc"), sample_rate=16000)
+  state = run.init(jax.random.key(0))
+  shardings = jax.tree_util.tree_leaves(run.state_shardings)
+  leaves = jax.tree_util.tree_leaves(state)
+  assert all(leaf.sharding == sharding for leaf, sharding in zip(leaves, shardings))
+  assert any(len(leaf.sharding.device_set) == 8 and leaf.sharding.shard_shape(leaf.shape) != leaf.shape
+             for leaf in leaves)
