@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -253,7 +254,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
           checkpoints.save(step, state, train_iter)
           checkpoints.wait()
           tqdm.write(f"stopped at step {step}: checkpoint saved in {checkpoints.directory}; "
-                     "rerun the same command to resume")
+                     "rerun the same command to resume", file=sys.stderr)
           return None
         state, step_metrics = run.train_step(state, run.to_global(next(train_iter)))
         pending.append(step_metrics)
