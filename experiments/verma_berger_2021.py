@@ -7,10 +7,14 @@ Rows (variant `ROW` at paper scale, `ROW,tiny` at tiny scale):
   large_pool  6 layers + multi-rate wavelet pooling paper mAP 0.537, 2.3 M parameters
   vgg_like    FSD50K's VGG-like log-mel CNN         paper mAP 0.434, 0.27 M parameters
 
-Tiny scale (the embedded `synth_events` set, 22 classes, built on first use in ~1 min):
+Tiny scale (the embedded `synth_events` set, 22 classes, built on first use in ~30 s):
   python run.py reproduce verma_berger_2021 --scale tiny --workdir runs/demo
-  2 CPU cores: about 12 minutes for all four rows; every row reaches mAP >= 0.5 (chance ≈ label
-  prevalence, about 0.07).  One row: python run.py train --config experiments/verma_berger_2021.py:large_pool,tiny --workdir runs/lp
+  2 CPU cores: 11 min 43 s from a clean clone including `pip install -e .` (each row 1.8-3.3 min).
+  Measured (2026-11-22, jax 0.10.2, CPU): small 0.662, large 0.671, large_pool 0.686, vgg_like 0.972
+  mAP (chance ≈ label prevalence, about 0.07).  The Transformer rows keep the paper's ordering; the
+  log-mel CNN beats them at this scale because learning a filterbank from 5,000 one-second clips
+  in 1,200 steps is harder than starting from a mel spectrogram.
+  One row: python run.py train --config experiments/verma_berger_2021.py:large_pool,tiny --workdir runs/lp
 
 Paper scale (FSD50K from https://zenodo.org/record/4060432, unpacked so that DIR holds
 FSD50K.dev_audio/, FSD50K.eval_audio/ and FSD50K.ground_truth/):

@@ -27,7 +27,7 @@ def get_config(variant=None):
   config.total_steps = 20
   config.log_every = 5
   config.checkpoint_every = 5
-  config.eval_every = 0
+  config.eval_every = 10
   config.optimizer.warmup_steps = 2
   if config.model.name == "audio_transformer":
     config.model.frontend_hidden = 32

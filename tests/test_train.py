@@ -9,7 +9,6 @@ import pytest
 
 from afx.errors import NonFiniteLossError
 from afx.train import apply_overrides, load_config, load_run, make_run, train
-from afx.train.trainer import init_state
 
 
 def read_metrics(workdir):
@@ -22,6 +21,7 @@ def test_short_run_lowers_the_loss_and_writes_its_outputs(trained_workdir):
   assert [r["step"] for r in records] == [5, 10, 15, 20]
   assert all("loss" in r and "learning_rate" in r and "steps_per_sec" in r for r in records)
   assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+  assert [r["step"] for r in records if "val_mAP" in r] == [10]  # eval_every=10; the last step is tested instead
   with open(os.path.join(trained_workdir, "eval.json")) as f:
     results = json.load(f)
   assert 0.0 <= results["mAP"] <= 1.0 and np.isfinite(results["d_prime"]) and results["step"] == 20
@@ -103,3 +103,45 @@ def test_state_is_created_sharded_without_a_host_copy(tiny_config_path):
   assert all(leaf.sharding == sharding for leaf, sharding in zip(leaves, shardings))
   assert any(len(leaf.sharding.device_set) == 8 and leaf.sharding.shard_shape(leaf.shape) != leaf.shape
              for leaf in leaves)
+
+
+def test_batch_size_that_does_not_divide_over_the_devices_is_a_config_error(tiny_config_path):
+  from afx.errors import ConfigError
+  config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["batch_size=12"])
+  with pytest.raises(ConfigError, match="batch_size 12 is not divisible by the 8 devices"):
+    make_run(config, class_names=list("abc"), sample_rate=16000)
+  with pytest.raises(ConfigError, match="fsdp=3 must divide the 8 devices"):
+    make_run(apply_overrides(config, ["batch_size=16", "fsdp=3"]), class_names=list("abc"), sample_rate=16000)
+
+
+def write_fsd50k_layout(root, rng):
+  """FSD50K's directory layout with 3 classes and clips of 0.4-3.2 s at 44.1 kHz."""
+  from afx.audio import synthesis, write_audio
+  truth = root / "FSD50K.ground_truth"
+  for sub in ("FSD50K.dev_audio", "FSD50K.eval_audio", "FSD50K.ground_truth"):
+    (root / sub).mkdir(parents=True)
+  (truth / "vocabulary.csv").write_text("0,Bark,/m/a\n1,Guitar,/m/b\n2,Siren,/m/c\n")
+  labels = ["Bark", "Guitar", "Siren", '"Bark,Siren"']
+  dev = ["fname,labels,mids,split"] + [f"{i},{labels[i % 4]},x,{'val' if i >= 10 else 'train'}" for i in range(12)]
+  (truth / "dev.csv").write_text("\n".join(dev) + "\n")
+  (truth / "eval.csv").write_text("\n".join(["fname,labels,mids"] + [f"{i},{labels[i % 4]},x" for i in range(12, 18)]) + "\n")
+  for i in range(18):
+    folder = "FSD50K.dev_audio" if i < 12 else "FSD50K.eval_audio"
+    seconds = 0.4 + 2.8 * rng.random()
+    audio = synthesis.chirp(200.0 * (1 + i % 4), 3000.0, seconds, 44100) * 0.3
+    write_audio(root / folder / f"{i}.wav", audio, 44100)
+
+
+def test_paper_scale_config_trains_on_the_fsd50k_layout_with_variable_length_clips(tmp_path):
+  write_fsd50k_layout(tmp_path / "FSD50K", np.random.default_rng(0))
+  vb = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "verma_berger_2021.py")
+  config = apply_overrides(load_config(f"{vb}:large_pool"), [
+      f"data.manual_dir={tmp_path / 'FSD50K'}", f"data.data_dir={tmp_path / 'data'}", "total_steps=4",
+      "batch_size=8", "eval_batch_size=8", "log_every=2", "checkpoint_every=4", "eval_every=2",
+      "model.frontend_hidden=32", "model.num_layers=2", "model.mlp_dim=32", "optimizer.warmup_steps=1"])
+  workdir = str(tmp_path / "run")
+  results = train(config, workdir)
+  assert results["split"] == "test" and 0 <= results["mAP"] <= 1 and np.isfinite(results["d_prime"])
+  assert "val_mAP" in read_metrics(workdir)[0]
+  with open(os.path.join(workdir, "dataset.json")) as f:
+    assert json.load(f)["class_names"] == ["Bark", "Guitar", "Siren"]

@@ -17,10 +17,19 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def maybe_initialize_distributed() -> None:
-  """Join a multi-host run when the environment says there is one (TPU pod, cluster, `run.py launch`)."""
+  """Join a multi-host run when the environment says there is one.
+
+  TPU pods (and `run.py launch`, which sets AFX_DISTRIBUTED=1) and SLURM/MPI clusters are detected
+  by `jax.distributed.initialize()` itself; elsewhere set JAX_COORDINATOR_ADDRESS=host:port,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process.
+  """
+  if jax.distributed.is_initialized():
+    return
   multi_worker_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
   if os.environ.get("AFX_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in os.environ or multi_worker_tpu:
-    jax.distributed.initialize()
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)
 
 
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:

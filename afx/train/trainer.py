@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: Callable, rng) -
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             model_state=model_state, opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict_step(state: TrainState, batch, *, model, task: str) -> dict:
