@@ -44,6 +44,15 @@ def test_interrupted_run_resumes_to_the_same_parameters_and_eval(tiny_config_pat
   assert [r["step"] for r in read_metrics(workdir)] == [5, 10, 15, 20]
 
 
+def test_a_config_that_does_not_fit_the_checkpoint_changes_nothing_in_the_workdir(tiny_config_path, trained_workdir):
+  from afx.errors import ConfigError
+  before = {name: open(os.path.join(trained_workdir, name)).read() for name in ("config.json", "eval.json")}
+  config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["model.num_layers=3", "total_steps=30"])
+  with pytest.raises(ConfigError, match="does not fit this config"):
+    train(config, trained_workdir)
+  assert {name: open(os.path.join(trained_workdir, name)).read() for name in before} == before
+
+
 def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path):
   # SGD, because Adam turns rounding noise in near-zero gradients into full-size steps.
   config = apply_overrides(load_config(f"{tiny_config_path}:large_pool,tiny"),

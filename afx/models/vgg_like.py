@@ -22,7 +22,6 @@ class VGGLike(nn.Module):
   pool_after: tuple[int, ...] = (2, 4, 5)
   hidden: int = 256
   dropout_rate: float = 0.0
-  attention_impl: str | None = None  # accepted so every model takes the same config keys; unused
 
   def log_mel(self, waveform):
     win_length = round(self.window_seconds * self.sample_rate)

@@ -89,6 +89,7 @@ class Run:
   class_names: list[str]
   sample_rate: int
   clip_samples: int
+  batch_sharding: jax.sharding.NamedSharding
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs with shardings, for restoring
   init: Callable
@@ -100,8 +101,7 @@ class Run:
     return self.config.task
 
   def to_global(self, local_batch: dict) -> dict:
-    batch_sharding = sharding.batch_sharding(self.mesh)
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
 
 
 def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
@@ -124,7 +124,7 @@ def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], s
                            rng=jax.random.key(config.seed + 1))
   return Run(
       config=config, mesh=mesh, model=model, tx=tx, learning_rate=schedule, class_names=list(class_names), sample_rate=sample_rate,
-      clip_samples=clip_samples, state_shardings=shardings,
+      clip_samples=clip_samples, batch_sharding=batch_sharding, state_shardings=shardings,
       abstract_state=abstract_with_shardings(abstract, shardings),
       init=jax.jit(init, out_shardings=shardings),
       train_step=jax.jit(step, in_shardings=(shardings, batch_sharding),
@@ -185,7 +185,8 @@ class _PreemptionFlag:
 
 def _check_finite(pending: list[dict], last_step: int, checkpoint_dir: str, last_saved: int | None) -> dict:
   """Mean metrics of the steps since the last check; a non-finite loss stops the run."""
-  values = {key: np.asarray([float(m[key]) for m in pending]) for key in pending[0]}
+  fetched = jax.device_get(pending)
+  values = {key: np.asarray([m[key] for m in fetched], np.float64) for key in fetched[0]}
   bad = np.nonzero(~np.isfinite(values["loss"]))[0]
   if bad.size:
     first_step = last_step - len(pending) + 1
@@ -216,11 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   """
   sharding.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
   dataset = open_dataset(config.data)
-  _write_json(os.path.join(workdir, "dataset.json"),
-              {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
   run = make_run(config, class_names=dataset.class_names, sample_rate=dataset.sample_rate, devices=devices)
 
   train_iter = iter(pipeline.train_dataset(
@@ -228,9 +225,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       num_classes=len(run.class_names), local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.get("num_threads", 4)))
+  os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
   start = checkpoints.latest_step() or 0
   state = checkpoints.restore(start, run.abstract_state, train_iter) if start else run.init(jax.random.key(config.seed))
+  # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+  _write_json(os.path.join(workdir, "dataset.json"),
+              {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
   eval_path = os.path.join(workdir, "eval.json")
   if start >= config.total_steps and os.path.exists(eval_path):
     checkpoints.close()
