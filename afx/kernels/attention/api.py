@@ -1,11 +1,90 @@
-"""Dispatch to an attention implementation by name."""
+"""Dispatch to an attention implementation by name.
+
+Dense: `reference` (float32, highest precision: the test oracle), `xla` and `cudnn`
+(`jax.nn.dot_product_attention`).  Blocked, O(N·block) memory, with a shared `custom_vjp` that saves
+only the output and logsumexp: `blockwise` (pure JAX), `pallas_tpu` (Mosaic TPU kernel) and
+`pallas_gpu` (Pallas Triton kernel).  Blocked implementations run under `jax.shard_map` when a mesh
+is set (`jax.set_mesh`), with the batch split over every mesh axis but `model`, which splits heads.
+"""
+
+import functools
+import importlib
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from afx.errors import ConfigError
-from afx.kernels.attention import reference
+from afx.kernels.attention import masks, reference
 
-IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+DENSE = ("reference", "xla", "cudnn")
+BLOCKED = ("blockwise", "pallas_tpu", "pallas_gpu")
+IMPLEMENTATIONS = DENSE + BLOCKED
+HEADS_AXIS = "model"
+# Sequences at least this long use the blocked path by default on CPU (dense needs N² memory).
+LONG_SEQUENCE = 2048
+
+
+def _module(implementation: str):
+  return importlib.import_module(f"afx.kernels.attention.{implementation}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _blocked(q, k, v, plan: masks.Plan, implementation: str, interpret: bool):
+  return _module(implementation).forward(q, k, v, plan, interpret)
+
+
+def _blocked_forward(q, k, v, plan, implementation, interpret):
+  out, logsumexp = _module(implementation).forward(q, k, v, plan, interpret)
+  return (out, logsumexp), (q, k, v, out, logsumexp)
+
+
+def _blocked_backward(plan, implementation, interpret, residuals, cotangents):
+  d_out, d_logsumexp = cotangents
+  return _module(implementation).backward(*residuals, d_out, d_logsumexp, plan, interpret)
+
+
+_blocked.defvjp(_blocked_forward, _blocked_backward)
+
+
+def default_blocks(implementation: str, q_len: int, k_len: int, head_dim: int) -> tuple[int, int]:
+  """Block sizes that suit each implementation's hardware, shrunk for short sequences."""
+  round_up = lambda n, m: -(-n // m) * m
+  if implementation == "pallas_tpu":  # Mosaic tiles: 8 sublanes × 128 lanes
+    return min(512, round_up(q_len, 128)), min(512, round_up(k_len, 128))
+  if implementation == "pallas_gpu":  # Triton blocks are powers of two
+    pow2 = lambda n: max(16, 1 << (n - 1).bit_length())
+    return min(128, pow2(q_len)), min(64 if head_dim > 64 else 128, pow2(k_len))
+  return min(512, round_up(q_len, 8)), min(512, round_up(k_len, 8))
+
+
+def blocked_attention(q, k, v, *, implementation: str, causal: bool, window: int | None, scale: float,
+                      block_q: int | None, block_k: int | None, interpret: bool):
+  """`(out [b, nq, hq, d], logsumexp [b, hq, nq])` through one of the blocked implementations."""
+  q_len, k_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+  default_q, default_k = default_blocks(implementation, q_len, k_len, head_dim)
+  plan = masks.Plan(q_len=q_len, k_len=k_len, block_q=block_q or default_q, block_k=block_k or default_k,
+                    causal=causal or window is not None, window=window, scale=scale)
+  to_heads_first = lambda x, padded: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, padded - x.shape[1]), (0, 0)))
+  out, logsumexp = _blocked(to_heads_first(q, plan.q_padded), to_heads_first(k, plan.k_padded),
+                            to_heads_first(v, plan.k_padded), plan, implementation, interpret)
+  return jnp.swapaxes(out[:, :, :q_len], 1, 2), logsumexp[:, :, :q_len]
+
+
+def _sharded(fn, q, k, v):
+  """`fn` under shard_map over the context mesh (batch over data axes, heads over `model`), if any."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(q, k, v)
+  batch_axes = tuple(name for name in mesh.axis_names if name != HEADS_AXIS)
+  heads_axis = HEADS_AXIS if HEADS_AXIS in mesh.axis_names else None
+  batch_devices = mesh.size // (mesh.shape[HEADS_AXIS] if heads_axis else 1)
+  if q.shape[0] % batch_devices:
+    raise ValueError(f"attention batch {q.shape[0]} does not split over the mesh's {batch_devices} "
+                     "data devices; make the batch a multiple of it")
+  spec = P(batch_axes, None, heads_axis, None)
+  return jax.shard_map(fn, in_specs=(spec, spec, spec),
+                       out_specs=(spec, P(batch_axes, heads_axis, None)))(q, k, v)
 
 
 def _check_shapes(q, k, v):
@@ -17,36 +96,56 @@ def _check_shapes(q, k, v):
     raise ValueError(f"attention: key/value heads ({k.shape[2]}) must divide query heads ({q.shape[2]})")
 
 
-def _default_implementation() -> str:
-  return "cudnn" if jax.default_backend() == "gpu" else "xla"
+def default_implementation(q_len: int, k_len: int, window: int | None) -> str:
+  """The best available implementation for this backend and shape."""
+  backend = jax.default_backend()
+  if backend == "tpu":
+    return "pallas_tpu"
+  if backend == "gpu":
+    return "cudnn"
+  long = max(q_len, k_len) >= LONG_SEQUENCE or (window is not None and k_len >= 4 * window)
+  return "blockwise" if long else "xla"
 
 
 def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None = None,
                           scale: float | None = None, implementation: str | None = None,
                           block_q: int | None = None, block_k: int | None = None,
-                          interpret: bool = False):
+                          interpret: bool = False, return_logsumexp: bool = False):
   """Softmax attention of `q` over `k`/`v`, all `[batch, seq, heads, head_dim]`.
 
   Args:
-    causal: each query sees only keys at or before its own position.
+    causal: each query sees only keys at or before its own position.  Queries are aligned to the
+      end of the keys when there are fewer of them (as in cached decoding).
     window: each query sees itself and the `window - 1` positions before it (implies causal).
     scale: logit scale; `head_dim ** -0.5` when None.
-    implementation: one of `IMPLEMENTATIONS`, or None for the best available on this backend.
-    block_q, block_k, interpret: tiling and interpret-mode switches for blockwise kernels; the
-      dense implementations ignore them.
+    implementation: one of `IMPLEMENTATIONS`, or None for the best available on this backend and shape.
+    block_q, block_k: tile sizes of the blocked implementations (defaults per implementation).
+    interpret: run Pallas kernels in interpret mode (on any backend, e.g. to test on CPU).
+    return_logsumexp: also return the natural-log logsumexp of each query's logits, `[batch, heads, seq]`
+      (-inf for a query that sees no key, whose output is 0).
   """
   _check_shapes(q, k, v)
   if window is not None and window < 1:
     raise ConfigError(f"attention window must be >= 1, got {window}")
-  implementation = implementation or _default_implementation()
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  implementation = implementation or default_implementation(q.shape[1], k.shape[1], window)
+  if implementation not in IMPLEMENTATIONS:
+    raise ConfigError(f"unknown attention_impl {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+  if implementation == "cudnn" and jax.default_backend() != "gpu":
+    raise ConfigError("attention_impl='cudnn' needs a GPU; use 'xla' or 'blockwise' on this backend")
+
   if implementation == "reference":
-    return reference.attention(q, k, v, causal=causal, window=window, scale=scale)
-  if implementation in ("xla", "cudnn"):
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
-      raise ConfigError("attention_impl='cudnn' needs a GPU; use 'xla' on this backend")
+    out, logsumexp = reference.attention(q, k, v, causal=causal, window=window, scale=scale,
+                                         return_logsumexp=True)
+  elif implementation in ("xla", "cudnn"):
+    if return_logsumexp:
+      raise ConfigError(f"attention_impl={implementation!r} does not return the logsumexp; "
+                        "use 'reference' or a blocked implementation")
     local_window = None if window is None else (window - 1, 0)
-    return jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=causal or window is not None,
-        local_window_size=local_window, implementation=implementation)
-  raise ConfigError(
-      f"unknown attention_impl {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal or window is not None,
+                                        local_window_size=local_window, implementation=implementation)
+  else:
+    blocked = functools.partial(blocked_attention, implementation=implementation, causal=causal, window=window,
+                                scale=scale, block_q=block_q, block_k=block_k, interpret=interpret)
+    out, logsumexp = _sharded(blocked, q, k, v)
+  return (out, logsumexp) if return_logsumexp else out
