@@ -53,10 +53,12 @@ def test_a_config_that_does_not_fit_the_checkpoint_changes_nothing_in_the_workdi
   assert {name: open(os.path.join(trained_workdir, name)).read() for name in before} == before
 
 
-def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path):
+@pytest.mark.parametrize("attention_impl", ["xla", "blockwise"])  # blockwise runs under shard_map
+def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path, attention_impl):
   # SGD, because Adam turns rounding noise in near-zero gradients into full-size steps.
   config = apply_overrides(load_config(f"{tiny_config_path}:large_pool,tiny"),
-                           ["optimizer.name=sgd", "optimizer.warmup_steps=0", "optimizer.learning_rate=0.1"])
+                           ["optimizer.name=sgd", "optimizer.warmup_steps=0", "optimizer.learning_rate=0.1",
+                            f"attention_impl={attention_impl}"])
   batch = {"audio": np.random.default_rng(0).normal(size=(16, 16000)).astype(np.float32) * 0.1,
            "targets": (np.random.default_rng(1).random((16, 5)) < 0.3).astype(np.float32)}
   params, losses = [], []

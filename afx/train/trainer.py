@@ -104,6 +104,15 @@ class Run:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
 
 
+def _under_mesh(mesh, fn: Callable) -> Callable:
+  """`fn` traced and run with `mesh` as the context mesh, so per-device kernels can shard_map over it."""
+  @functools.wraps(fn)
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+  return call
+
+
 def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
              devices=None) -> Run:
   if config.task not in classification.TASKS:
@@ -126,11 +135,11 @@ def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], s
       config=config, mesh=mesh, model=model, tx=tx, learning_rate=schedule, class_names=list(class_names), sample_rate=sample_rate,
       clip_samples=clip_samples, batch_sharding=batch_sharding, state_shardings=shardings,
       abstract_state=abstract_with_shardings(abstract, shardings),
-      init=jax.jit(init, out_shardings=shardings),
-      train_step=jax.jit(step, in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, replicated), donate_argnums=0),
-      predict=jax.jit(functools.partial(predict_step, model=model, task=config.task),
-                      in_shardings=(shardings, batch_sharding), out_shardings=replicated))
+      init=_under_mesh(mesh, jax.jit(init, out_shardings=shardings)),
+      train_step=_under_mesh(mesh, jax.jit(step, in_shardings=(shardings, batch_sharding),
+                                           out_shardings=(shardings, replicated), donate_argnums=0)),
+      predict=_under_mesh(mesh, jax.jit(functools.partial(predict_step, model=model, task=config.task),
+                                        in_shardings=(shardings, batch_sharding), out_shardings=replicated)))
 
 
 def _host(array) -> np.ndarray:

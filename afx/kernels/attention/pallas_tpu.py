@@ -10,7 +10,9 @@ key block (`masks.query_block_range`) and writes per-query-head gradients that a
 query heads of a group outside the kernel: no atomics, deterministic.
 
 Layout: q `[batch, q_heads, q_padded, d]`, k/v `[batch, kv_heads, k_padded, d]`; block_k a multiple
-of 128 and block_q of 8 on real TPUs.
+of 128 and block_q of 8 on real TPUs.  `interpret=True` uses the generic interpreter;
+`interpret=pltpu.InterpretParams()` the TPU interpreter, which also models VMEM and the block
+pipeline (in jax 0.10 it cannot run under vmap).
 """
 
 import functools
