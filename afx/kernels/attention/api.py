@@ -98,13 +98,13 @@ def _check_shapes(q, k, v):
     raise ValueError(f"attention: key/value heads ({k.shape[2]}) must divide query heads ({q.shape[2]})")
 
 
-def default_implementation(q_len: int, k_len: int, window: int | None) -> str:
-  """The best available implementation for this backend and shape."""
+def default_implementation(q_len: int, k_len: int, window: int | None, dtype=jnp.float32) -> str:
+  """The best available implementation for this backend, shape and dtype."""
   backend = jax.default_backend()
   if backend == "tpu":
     return "pallas_tpu"
-  if backend == "gpu":
-    return "cudnn"
+  if backend == "gpu":  # cuDNN's fused attention takes half precision only
+    return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
   long = max(q_len, k_len) >= LONG_SEQUENCE or (window is not None and k_len >= 4 * window)
   return "blockwise" if long else "xla"
 
@@ -130,7 +130,7 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
   if window is not None and window < 1:
     raise ConfigError(f"attention window must be >= 1, got {window}")
   scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-  implementation = implementation or default_implementation(q.shape[1], k.shape[1], window)
+  implementation = implementation or default_implementation(q.shape[1], k.shape[1], window, q.dtype)
   if implementation not in IMPLEMENTATIONS:
     raise ConfigError(f"unknown attention_impl {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
   needs = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}.get(implementation)
