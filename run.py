@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""afx's command line: train, eval, predict, reproduce, launch.
+"""afx's command line: train, eval, predict, sample, reproduce, launch.
 
   python run.py train --config experiments/verma_berger_2021.py:small,tiny --workdir runs/small
   python run.py eval --workdir runs/small [--split validation]
   python run.py predict --workdir runs/small clip1.wav clip2.flac
+  python run.py sample --workdir runs/t3 --seconds 2 [--temperature 1.0] [--prime FILE] --out sample.wav
   python run.py reproduce verma_berger_2021 --scale tiny --workdir runs/demo
   python run.py launch --tpu my-pod --zone us-central2-b [--dry-run] -- train --config ... --workdir gs://...
 
@@ -39,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
   predict.add_argument("--workdir", required=True)
   predict.add_argument("files", nargs="+")
   predict.add_argument("--top", type=int, default=5)
+
+  sample = commands.add_parser("sample", help="generate audio from a next_sample run into a wav file")
+  sample.add_argument("--workdir", required=True)
+  sample.add_argument("--seconds", type=float, required=True)
+  sample.add_argument("--temperature", type=float, default=1.0, help="0 takes the most likely sample")
+  sample.add_argument("--prime", default=None, help="audio file whose end starts the generation")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--out", required=True, help="the wav file to write")
 
   reproduce = commands.add_parser("reproduce", help="train every row of experiments/TABLE.py and print the table")
   reproduce.add_argument("table")
@@ -89,6 +98,9 @@ def main(argv: list[str]) -> int:
         failed |= "error" in line
         print(json.dumps(line), flush=True)
       return 1 if failed else 0
+    elif args.command == "sample":
+      print(json.dumps(afx.train.sample_audio(args.workdir, seconds=args.seconds, out=args.out,
+                                              temperature=args.temperature, prime=args.prime, seed=args.seed)))
     elif args.command == "reproduce":
       afx.train.reproduce(args.table, scale=args.scale, workdir=args.workdir, overrides=overrides)
   except UserError as error:

@@ -34,6 +34,7 @@ MAX_FILES_PER_REASON = 10
 # name -> "module:Class"; imported on demand so this module never imports its builders.
 _REGISTRY = {
     "synth_events": "data_pipelines.synth_events:SynthEvents",
+    "synth_piano": "data_pipelines.synth_piano:SynthPiano",
     "fsd50k": "data_pipelines.fsd50k:Fsd50k",
     "audio_folder": "data_pipelines.audio_folder:AudioFolder",
 }

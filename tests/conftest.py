@@ -54,3 +54,47 @@ def trained_workdir(tiny_config_path, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   train(load_config(f"{tiny_config_path}:small,tiny"), workdir)
   return workdir
+
+
+PIANO_CONFIG = '''"""A seconds-long variant of experiments/verma_chafe_2021.py for tests."""
+from afx.train.config import load_config
+from afx.train.config import load_module
+
+_EXPERIMENT = load_module({experiment!r})
+TITLE, METRIC, ROWS, BASELINES = _EXPERIMENT.TITLE, _EXPERIMENT.METRIC, _EXPERIMENT.ROWS, _EXPERIMENT.BASELINES
+
+
+def get_config(variant=None):
+  config = load_config({experiment!r} + ":" + (variant or "transformer3,tiny"))
+  config.data.data_dir = {data_dir!r}
+  config.data.builder_kwargs = {{"split_sizes": {{"train": 6, "validation": 2, "test": 2}}}}
+  config.data.num_threads = 2
+  config.data.context_samples = 64
+  config.data.eval_hop_samples = 8000
+  if config.data.past_samples:
+    config.data.past_samples = 256
+    config.model.condition_layers = 4
+    config.model.condition_channels = 8
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.total_steps = 6
+  config.log_every = 3
+  config.checkpoint_every = 3
+  config.optimizer.warmup_steps = 1
+  if config.model.name == "wavenet":
+    config.model.update(layers_per_stack=3, residual_channels=8, skip_channels=8, output_channels=8)
+  else:
+    config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
+  return config
+'''
+
+
+@pytest.fixture(scope="session")
+def piano_config_path(tmp_path_factory):
+  """A config file (and experiment table) whose next-sample runs train in seconds on a 10-piece synth_piano."""
+  root = tmp_path_factory.mktemp("piano")
+  path = root / "experiments" / "piano_table.py"
+  path.parent.mkdir()
+  path.write_text(PIANO_CONFIG.format(experiment=os.path.join(REPO, "experiments", "verma_chafe_2021.py"),
+                                      data_dir=str(root / "data")))
+  return str(path)

@@ -22,20 +22,28 @@ class MlpBlock(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """x + Attention(LN(x)); x + MLP(LN(x)), with dropout on both residual branches."""
+  """x + Attention(LN(x)); x + MLP(LN(x)), with dropout on both residual branches.
+
+  With `cache` (decoding one position, see `MultiHeadAttention`) it returns `(x, new_cache)`.
+  """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
   causal: bool = False
   window: int | None = None
+  rotary: bool = False
   attention_impl: str | None = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, positions=None, cache=None):
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    y = MultiHeadAttention(self.num_heads, causal=self.causal, window=self.window,
-                           attention_impl=self.attention_impl, dtype=self.dtype)(nn.LayerNorm()(x))
+    attention = MultiHeadAttention(self.num_heads, causal=self.causal, window=self.window, rotary=self.rotary,
+                                   attention_impl=self.attention_impl, dtype=self.dtype)
+    y = attention(nn.LayerNorm()(x), positions=positions, cache=cache)
+    if cache is not None:
+      y, cache = y
     x = x + drop(y)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype)(nn.LayerNorm()(x), train=train)
-    return x + drop(y)
+    x = x + drop(y)
+    return x if cache is None else (x, cache)

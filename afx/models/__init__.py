@@ -9,19 +9,23 @@ import jax
 from afx.errors import ConfigError
 from afx.models import audio_transformer
 from afx.models.audio_transformer import AudioTransformer
+from afx.models.raw_transformer import RawTransformer
 from afx.models.vgg_like import VGGLike
+from afx.models.wavenet import WaveNet
 
 MODELS: dict[str, type[nn.Module]] = {
     "audio_transformer": AudioTransformer,
+    "raw_transformer": RawTransformer,
     "vgg_like": VGGLike,
+    "wavenet": WaveNet,
 }
 
 
 def build_model(model_config: dict[str, Any], **fixed: Any) -> nn.Module:
   """The module named by `model_config["name"]`, built with the config's other keys and `fixed`.
 
-  `fixed` carries what the run decides rather than the model config: `num_classes` from the dataset,
-  `attention_impl` from the top-level config.  An unknown name or key is a `ConfigError`.
+  `fixed` carries what the run decides rather than the model config (`num_classes` and the task's
+  windows, `attention_impl` from the top-level config); a model takes those of its fields it has.  An unknown name or key is a `ConfigError`.
   """
   kwargs = dict(model_config)
   name = kwargs.pop("name", None)
@@ -53,4 +57,4 @@ def parameter_count(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["FIGURES", "MODELS", "AudioTransformer", "VGGLike", "build_model", "parameter_count", "write_figures"]
+__all__ = ["FIGURES", "MODELS", "AudioTransformer", "RawTransformer", "VGGLike", "WaveNet", "build_model", "parameter_count", "write_figures"]

@@ -4,6 +4,7 @@ Targets are always `[batch, classes]` multi-hot arrays; for single-label data ea
 Metrics are computed on the host in float64 NumPy from clip-level scores.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from scipy.stats import norm
+
+from data_pipelines.pipeline import average_by_clip
 
 TASKS = ("multi_label", "single_label")
 
@@ -93,3 +96,39 @@ def metrics(scores_2d, targets_2d, *, task: str) -> dict[str, float]:
 
 def headline_metric(task: str) -> str:
   return "mAP" if task == "multi_label" else "accuracy"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTask:
+  """Clip labels from fixed-length windows of audio; evaluation averages window scores per clip.
+
+  The trainer's view of a task (see `afx.tasks`): what the model is built with, what it sees,
+  what it is trained on and how its evaluation rows become metrics.
+  """
+  kind: str  # "multi_label" or "single_label"
+  num_classes: int
+  window_samples: int
+  eval_hop_samples: int
+
+  @property
+  def headline_metric(self) -> str:
+    return headline_metric(self.kind)
+
+  def model_kwargs(self) -> dict:
+    return {"num_classes": self.num_classes}
+
+  def example_inputs(self) -> np.ndarray:
+    return np.zeros((1, self.window_samples), np.float32)
+
+  def model_inputs(self, batch):
+    return batch["audio"]
+
+  def loss(self, outputs, batch):
+    return loss(outputs, batch["targets"], task=self.kind)
+
+  def eval_outputs(self, outputs, batch) -> dict:
+    return {"scores": scores(outputs, task=self.kind), "clip": batch["clip"], "targets": batch["targets"]}
+
+  def metrics(self, rows: dict[str, np.ndarray], num_clips: int) -> dict:
+    clip_scores, clip_targets = average_by_clip(num_clips, rows["scores"], rows["clip"], rows["targets"])
+    return metrics(clip_scores, clip_targets, task=self.kind)

@@ -1,14 +1,17 @@
-"""Use a trained run from its workdir: evaluate a split, or predict labels for audio files."""
+"""Use a trained run from its workdir: evaluate a split, predict labels for audio files, or sample audio."""
 
 import json
 import os
+import time
 from typing import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from afx.audio.io import load_audio
+from afx.audio.io import load_audio, write_audio
 from afx.errors import AudioError, ConfigError
+from afx.tasks import ClassificationTask, generation
 from afx.train import config as config_lib
 from afx.train.checkpoint import Checkpoints
 from afx.train.data import open_dataset
@@ -58,7 +61,10 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
   Long files are cut into the run's sliding windows and the window scores averaged.
   """
   run, state = load_run(workdir)
-  hop = round(run.config.data.eval_hop_seconds * run.sample_rate)
+  if not isinstance(run.task, ClassificationTask):
+    raise ConfigError(f"{workdir} is a {run.config.task} run; predict labels with a classification run "
+                      "(for a next_sample run, use `run.py sample`)")
+  window, hop = run.task.window_samples, run.task.eval_hop_samples
   batch_size = run.mesh.size
   for path in files:
     try:
@@ -66,9 +72,9 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
     except AudioError as error:
       yield {"file": path, "error": str(error)}
       continue
-    windows = pipeline.sliding_windows(audio, run.clip_samples, hop)
+    windows = pipeline.sliding_windows(audio, window, hop)
     pad = -windows.shape[0] % batch_size
-    windows = np.concatenate([windows, np.zeros((pad, run.clip_samples), np.float32)])
+    windows = np.concatenate([windows, np.zeros((pad, window), np.float32)])
     clips = np.r_[np.zeros(windows.shape[0] - pad, np.int32), -np.ones(pad, np.int32)]
     scores = []
     for start in range(0, windows.shape[0], batch_size):
@@ -78,3 +84,37 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
     mean_scores = np.concatenate(scores)[clips >= 0].mean(axis=0)
     top = np.argsort(-mean_scores, kind="stable")[:top_k]
     yield {"file": path, "top": [{"label": run.class_names[i], "score": round(float(mean_scores[i]), 6)} for i in top]}
+
+
+def sample_audio(workdir: str, *, seconds: float, out: str, temperature: float = 1.0, prime: str | None = None,
+                 seed: int = 0) -> dict:
+  """Generate `seconds` of audio from a next-sample run into the wav file `out`; returns a summary.
+
+  `prime` is an audio file whose last `past + context` samples start the generation (silence
+  otherwise); the written file holds only the generated continuation.
+  """
+  if seconds <= 0:
+    raise ConfigError(f"--seconds must be positive, got {seconds}")
+  if temperature < 0:
+    raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+  run, state = load_run(workdir)
+  task = run.task
+  if not isinstance(task, generation.NextSampleTask):
+    raise ConfigError(f"{workdir} is a {run.config.task} run; sample needs a next_sample run")
+  silence = generation.silence_code(task.quantization, task.num_classes)
+  if prime is None:
+    prime_codes = np.full((1, 1), silence, np.int32)
+  else:
+    audio, _ = load_audio(prime, sample_rate=run.sample_rate)
+    prime_codes = np.asarray(generation.quantize(audio[-(task.past_samples + task.context_samples):],
+                                                 task.quantization, task.num_classes))[None]
+  variables = jax.device_get({"params": state.params, **state.model_state})
+  num_samples = round(seconds * run.sample_rate)
+  start = time.perf_counter()
+  codes = generation.sample(run.model, variables, jnp.asarray(prime_codes), jax.random.key(seed),
+                            num_samples=num_samples, temperature=float(temperature))
+  waveform = np.asarray(generation.dequantize(codes, task.quantization, task.num_classes))[0]
+  elapsed = time.perf_counter() - start
+  write_audio(out, waveform, run.sample_rate)
+  return {"file": out, "seconds": num_samples / run.sample_rate, "sample_rate": run.sample_rate,
+          "prime": prime, "temperature": temperature, "wall_seconds": round(elapsed, 3)}

@@ -2,7 +2,8 @@
 
 An experiment file holds configuration only: `get_config(variant)`, `TITLE`, `METRIC` and `ROWS`, a
 dict from row name to `{"label", "paper"[, "paper_params"]}`.  The variant of a row is `ROW` at paper
-scale and `ROW,tiny` at tiny scale.
+scale and `ROW,tiny` at tiny scale.  An optional `BASELINES` dict (name → `{"label"}`) adds rows that
+the evaluation computes without training: the first row's `eval.json` holds `NAME_METRIC` for each.
 """
 
 import json
@@ -14,6 +15,7 @@ from afx.train import config as config_lib
 from afx.train.trainer import train
 
 SCALES = ("tiny", "paper")
+EXTRA_COLUMNS = ("d_prime", "top1_accuracy", "nll_bits", "params", "paper_params")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -43,7 +45,7 @@ def _number(value) -> str:
 
 def format_table(results: dict) -> str:
   """Markdown table of `results.json`."""
-  extra = [key for key in ("d_prime", "params", "paper_params") if any(key in row for row in results["rows"])]
+  extra = [key for key in EXTRA_COLUMNS if any(key in row for row in results["rows"])]
   header = ["row", "model", "metric", "afx", "paper"] + extra
   lines = [f"## {results['title']} ({results['scale']} scale)", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -68,17 +70,25 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
   configs = {}
   for row in experiment.ROWS:  # check every row's config before training any
     configs[row] = config_lib.apply_overrides(config_lib.load_config(f"{path}:{variant(row, scale)}"), overrides)
-  rows = []
+  rows, first_results = [], None
+  metric = experiment.METRIC
   for row, info in experiment.ROWS.items():
     results = train(configs[row], os.path.join(workdir, row))
     if results is None:
       return None
-    metric = experiment.METRIC
+    first_results = first_results or results
     entry = {"name": row, "label": info.get("label", row), "metric": metric, "afx": results[metric],
              "paper": info.get("paper")}
-    entry.update({k: results[k] for k in ("d_prime", "params") if k in results})
+    entry.update({k: results[k] for k in EXTRA_COLUMNS if k in results})
     if "paper_params" in info:
       entry["paper_params"] = info["paper_params"]
+    rows.append(entry)
+  for name, info in getattr(experiment, "BASELINES", {}).items():
+    entry = {"name": name, "label": info.get("label", name), "metric": metric,
+             "afx": first_results[f"{name}_{metric}"], "paper": None}
+    for key in EXTRA_COLUMNS:
+      if f"{name}_{key}" in first_results:
+        entry[key] = first_results[f"{name}_{key}"]
     rows.append(entry)
   results = {"table": table, "title": experiment.TITLE, "scale": scale, "rows": rows}
   os.makedirs(workdir, exist_ok=True)

@@ -1,4 +1,4 @@
-"""One linear training loop for every classification run, on one device or many.
+"""One linear training loop for every task, on one device or many.
 
 `train(config, workdir)` builds the dataset, creates the state already sharded over the mesh, runs
 jitted steps that donate their state, logs, evaluates, checkpoints (state + data iterator) and
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from afx import models
 from afx.errors import ConfigError, NonFiniteLossError
-from afx.tasks import classification
+from afx import tasks
 from afx.train import config as config_lib
 from afx.train import sharding
 from afx.train.checkpoint import Checkpoints, abstract_with_shardings
@@ -42,29 +42,29 @@ class TrainState:
   opt_state: Any
 
 
-def init_state(rng, *, model, tx, clip_samples: int) -> TrainState:
-  variables = dict(model.init({"params": rng, "dropout": rng}, jnp.zeros((1, clip_samples)), train=False))
+def init_state(rng, *, model, tx, example_inputs) -> TrainState:
+  variables = dict(model.init({"params": rng, "dropout": rng}, jnp.asarray(example_inputs), train=False))
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                     opt_state=tx.init(params))
 
 
-def _apply(model, state, params, audio, *, train: bool, rng=None):
+def _apply(model, state, params, inputs, *, train: bool, rng=None):
   """Model outputs and the updated non-parameter collections."""
   variables = {"params": params, **state.model_state}
   rngs = {"dropout": rng} if rng is not None else {}
   if train and state.model_state:
-    return model.apply(variables, audio, train=True, rngs=rngs, mutable=list(state.model_state))
-  return model.apply(variables, audio, train=train, rngs=rngs), state.model_state
+    return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
+  return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
 
 
-def train_step(state: TrainState, batch, *, model, tx, loss_fn: Callable, rng) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch, *, model, tx, task, rng) -> tuple[TrainState, dict]:
   """One optimiser step on a global batch; dropout keys are folded from the step number."""
   step_rng = jax.random.fold_in(rng, state.step)
 
   def objective(params):
-    outputs, model_state = _apply(model, state, params, batch["audio"], train=True, rng=step_rng)
-    return loss_fn(outputs, batch["targets"]), model_state
+    outputs, model_state = _apply(model, state, params, task.model_inputs(batch), train=True, rng=step_rng)
+    return task.loss(outputs, batch), model_state
 
   (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -73,9 +73,10 @@ def train_step(state: TrainState, batch, *, model, tx, loss_fn: Callable, rng) -
   return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def predict_step(state: TrainState, batch, *, model, task: str) -> dict:
-  outputs, _ = _apply(model, state, state.params, batch["audio"], train=False)
-  return {"scores": classification.scores(outputs, task=task), "clip": batch["clip"], "targets": batch["targets"]}
+def predict_step(state: TrainState, batch, *, model, task) -> dict:
+  """The task's per-example evaluation rows of a global batch."""
+  outputs, _ = _apply(model, state, state.params, task.model_inputs(batch), train=False)
+  return task.eval_outputs(outputs, batch)
 
 
 @dataclasses.dataclass
@@ -83,22 +84,18 @@ class Run:
   """Everything fixed by a config and a dataset: mesh, model, optimiser and compiled steps."""
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
+  task: Any  # see afx.tasks
   model: Any
   tx: optax.GradientTransformation
   learning_rate: Callable[[int], float]
   class_names: list[str]
   sample_rate: int
-  clip_samples: int
   batch_sharding: jax.sharding.NamedSharding
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs with shardings, for restoring
   init: Callable
   train_step: Callable
   predict: Callable
-
-  @property
-  def task(self) -> str:
-    return self.config.task
 
   def to_global(self, local_batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
@@ -115,30 +112,29 @@ def _under_mesh(mesh, fn: Callable) -> Callable:
 
 def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
              devices=None) -> Run:
-  if config.task not in classification.TASKS:
-    raise ConfigError(f"unknown task {config.task!r}; choose one of {', '.join(classification.TASKS)}")
+  task = tasks.make_task(config, num_dataset_classes=len(class_names), sample_rate=sample_rate)
   mesh = sharding.make_mesh(config.get("fsdp", 1), devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  model = models.build_model(config.model, num_classes=len(class_names), sample_rate=sample_rate,
+  model = models.build_model(config.model, **task.model_kwargs(), sample_rate=sample_rate,
                              attention_impl=config.attention_impl or None)
+  wanted_past = task.model_kwargs().get("past_samples", 0)
+  if getattr(model, "past_samples", 0) != wanted_past:
+    raise ConfigError(f"model {config.model.name!r} conditions on no past window; set --config.data.past_samples=0")
   tx = make_optimizer(config.optimizer, config.total_steps)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-  clip_samples = round(config.data.clip_seconds * sample_rate)
-  init = functools.partial(init_state, model=model, tx=tx, clip_samples=clip_samples)
+  init = functools.partial(init_state, model=model, tx=tx, example_inputs=task.example_inputs())
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(mesh, abstract)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  loss_fn = functools.partial(classification.loss, task=config.task)
-  step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
-                           rng=jax.random.key(config.seed + 1))
+  step = functools.partial(train_step, model=model, tx=tx, task=task, rng=jax.random.key(config.seed + 1))
   return Run(
-      config=config, mesh=mesh, model=model, tx=tx, learning_rate=schedule, class_names=list(class_names), sample_rate=sample_rate,
-      clip_samples=clip_samples, batch_sharding=batch_sharding, state_shardings=shardings,
+      config=config, mesh=mesh, task=task, model=model, tx=tx, learning_rate=schedule,
+      class_names=list(class_names), sample_rate=sample_rate, batch_sharding=batch_sharding, state_shardings=shardings,
       abstract_state=abstract_with_shardings(abstract, shardings),
       init=_under_mesh(mesh, jax.jit(init, out_shardings=shardings)),
       train_step=_under_mesh(mesh, jax.jit(step, in_shardings=(shardings, batch_sharding),
                                            out_shardings=(shardings, replicated), donate_argnums=0)),
-      predict=_under_mesh(mesh, jax.jit(functools.partial(predict_step, model=model, task=config.task),
+      predict=_under_mesh(mesh, jax.jit(functools.partial(predict_step, model=model, task=task),
                                         in_shardings=(shardings, batch_sharding), out_shardings=replicated)))
 
 
@@ -148,11 +144,10 @@ def _host(array) -> np.ndarray:
 
 
 def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
-  """Clip-level metrics on a split: sliding windows, window scores averaged per clip."""
-  data = run.config.data
+  """The task's metrics on a split, from its eval rows over sliding windows of every clip."""
   eval_batch = run.config.get("eval_batch_size") or run.config.batch_size
   sharding.check_batch_size(eval_batch, run.mesh)
-  window_args = dict(clip_samples=run.clip_samples, hop_samples=round(data.eval_hop_seconds * run.sample_rate),
+  window_args = dict(clip_samples=run.task.window_samples, hop_samples=run.task.eval_hop_samples,
                      local_batch_size=eval_batch // jax.process_count(),
                      process_index=jax.process_index(), process_count=jax.process_count())
   num_batches = None
@@ -160,14 +155,12 @@ def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
     from jax.experimental import multihost_utils
     counts = multihost_utils.process_allgather(np.asarray(pipeline.count_eval_batches(source, **window_args)))
     num_batches = int(np.max(counts))
-  rows = {"scores": [], "clip": [], "targets": []}
+  rows: dict[str, list] = {}
   for batch in pipeline.eval_batches(source, num_classes=len(run.class_names), num_batches=num_batches,
                                      **window_args):
-    outputs = run.predict(state, run.to_global(batch))
-    for key in rows:
-      rows[key].append(_host(outputs[key]))
-  scores, targets = pipeline.average_by_clip(len(source), *(np.concatenate(rows[k]) for k in ("scores", "clip", "targets")))
-  return classification.metrics(scores, targets, task=run.task)
+    for key, value in run.predict(state, run.to_global(batch)).items():
+      rows.setdefault(key, []).append(_host(value))
+  return run.task.metrics({key: np.concatenate(value) for key, value in rows.items()}, len(source))
 
 
 class _PreemptionFlag:
@@ -230,7 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   run = make_run(config, class_names=dataset.class_names, sample_rate=dataset.sample_rate, devices=devices)
 
   train_iter = iter(pipeline.train_dataset(
-      dataset.source(config.data.train_split), clip_samples=run.clip_samples,
+      dataset.source(config.data.train_split), clip_samples=run.task.window_samples,
       num_classes=len(run.class_names), local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.get("num_threads", 4)))
