@@ -9,6 +9,7 @@ A builder derives from ``ReportingBuilder``: when its build ends it prints a one
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -269,6 +270,73 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     }
     self.build_report.write(self.data_dir)
     print(self.build_report.paragraph(), flush=True)
+
+
+class ProceduralBuilder(ReportingBuilder, skip_registration=True):
+  """A dataset generated from a seed: example ``i`` of split ``s`` is a pure function of (seed, s, i).
+
+  Subclasses set ``DEFAULT_SPLIT_SIZES``, ``CLASS_NAMES`` and ``example_function`` (a module-level
+  ``fn(index, *, seed, split, **example_kwargs()) -> example``, so worker processes can pickle it),
+  and give their builder configs ``sample_rate`` and ``clip_seconds``.  Constructor kwargs besides
+  tfds's: ``split_sizes`` (dict, overriding the defaults), ``seed`` (default 0), ``num_workers``
+  (generating processes, default all cores).  A built dataset is reused only if it was built with
+  the same seed and split sizes.
+  """
+
+  DEFAULT_SPLIT_SIZES: dict[str, int] = {}
+  CLASS_NAMES: list[str] = []
+  CHUNKSIZE = 16
+  example_function: Callable[..., dict[str, Any]]
+
+  def __init__(self, *, split_sizes: dict[str, int] | None = None, seed: int = 0,
+               num_workers: int | None = None, **kwargs):
+    self.split_sizes = {**self.DEFAULT_SPLIT_SIZES, **(split_sizes or {})}
+    unknown = set(self.split_sizes) - set(SPLITS)
+    if unknown:
+      raise DataError(f"{self.name} split_sizes has unknown splits {sorted(unknown)}; use {', '.join(SPLITS)}")
+    self.seed = int(seed)
+    self.num_workers = num_workers or default_num_workers()
+    super().__init__(**kwargs)
+    self._original_state.update(split_sizes=self.split_sizes, seed=self.seed)
+    self._check_built_matches()
+
+  def _check_built_matches(self) -> None:
+    if not self.is_prepared():
+      return
+    built = self.info.metadata
+    wanted = {"seed": self.seed, "split_sizes": self.split_sizes}
+    if any(built.get(key) != value for key, value in wanted.items()):
+      raise DataError(
+          f"{self.data_dir} holds {self.name} built with seed {built.get('seed')} and split sizes"
+          f" {built.get('split_sizes')}, not seed {self.seed} and {self.split_sizes};"
+          " use another data_dir or delete that directory"
+      )
+
+  def example_kwargs(self) -> dict[str, Any]:
+    """The builder config's values that ``example_function`` takes besides index, seed and split."""
+    config = self.builder_config
+    return {"clip_seconds": config.clip_seconds, "sample_rate": config.sample_rate}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=inspect.getmodule(type(self)).__doc__,
+        features=example_features(self.CLASS_NAMES),
+        metadata=tfds.core.MetadataDict(sample_rate=config.sample_rate, clip_seconds=config.clip_seconds,
+                                        seed=self.seed, split_sizes=self.split_sizes),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {split: self._generate_examples(split) for split in SPLITS if self.split_sizes.get(split, 0) > 0}
+
+  def _generate_examples(self, split: str):
+    make_example = functools.partial(type(self).example_function, seed=self.seed, split=split,
+                                     **self.example_kwargs())
+    examples = map_in_order(make_example, range(self.split_sizes[split]), num_workers=self.num_workers,
+                            chunksize=self.CHUNKSIZE)
+    yield from record_results(self.build_report, split, ((f"{i:06d}", ex) for i, ex in enumerate(examples)))
 
 
 # The registry.

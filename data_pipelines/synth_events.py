@@ -20,7 +20,6 @@ import scipy.signal
 import tensorflow_datasets as tfds
 
 from afx.audio import synthesis as syn
-from afx.errors import DataError
 from data_pipelines import builders
 
 DEFAULT_SPLIT_SIZES = {"train": 5000, "validation": 500, "test": 1000}
@@ -396,11 +395,9 @@ class SynthEventsConfig(tfds.core.BuilderConfig):
   sample_rate: int = 16000
 
 
-class SynthEvents(builders.ReportingBuilder, skip_registration=True):
-  """Procedural multi-label sound events (see the module docstring).
-
-  Constructor kwargs besides tfds's: ``split_sizes`` (dict, default train 5000, validation 500,
-  test 1000), ``seed`` (default 0), ``num_workers`` (generating processes, default all cores).
+class SynthEvents(builders.ProceduralBuilder, skip_registration=True):
+  """Procedural multi-label sound events (see the module docstring); kwargs as ``builders.ProceduralBuilder``
+  (default split sizes: train 5000, validation 500, test 1000).
   """
 
   name = "synth_events"
@@ -410,77 +407,10 @@ class SynthEvents(builders.ReportingBuilder, skip_registration=True):
       SynthEventsConfig(name="multi_label", description="0-3 events per clip."),
       SynthEventsConfig(name="single_label", single_label=True, description="1 event per clip."),
   ]
+  DEFAULT_SPLIT_SIZES = DEFAULT_SPLIT_SIZES
+  CLASS_NAMES = CLASS_NAMES
+  CHUNKSIZE = _CHUNKSIZE
+  example_function = staticmethod(generate_example)
 
-  def __init__(
-      self,
-      *,
-      split_sizes: dict[str, int] | None = None,
-      seed: int = 0,
-      num_workers: int | None = None,
-      **kwargs,
-  ):
-    self.split_sizes = {**DEFAULT_SPLIT_SIZES, **(split_sizes or {})}
-    unknown = set(self.split_sizes) - set(builders.SPLITS)
-    if unknown:
-      raise DataError(f"synth_events split_sizes has unknown splits {sorted(unknown)};"
-                      f" use {', '.join(builders.SPLITS)}")
-    self.seed = int(seed)
-    self.num_workers = num_workers or builders.default_num_workers()
-    super().__init__(**kwargs)
-    self._original_state.update(split_sizes=self.split_sizes, seed=self.seed)
-    self._check_built_matches()
-
-  def _check_built_matches(self) -> None:
-    """A built dataset is reused only if it was built with this seed and these split sizes."""
-    if not self.is_prepared():
-      return
-    built = self.info.metadata
-    wanted = {"seed": self.seed, "split_sizes": self.split_sizes}
-    if any(built.get(key) != value for key, value in wanted.items()):
-      raise DataError(
-          f"{self.data_dir} holds synth_events built with seed {built.get('seed')} and split sizes"
-          f" {built.get('split_sizes')}, not seed {self.seed} and {self.split_sizes};"
-          " use another data_dir or delete that directory"
-      )
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    config = self.builder_config
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builders.example_features(CLASS_NAMES),
-        metadata=tfds.core.MetadataDict(
-            sample_rate=config.sample_rate,
-            clip_seconds=config.clip_seconds,
-            seed=self.seed,
-            split_sizes=self.split_sizes,
-        ),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {
-        split: self._generate_examples(split)
-        for split in builders.SPLITS
-        if self.split_sizes.get(split, 0) > 0
-    }
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    make_example = functools.partial(
-        generate_example,
-        seed=self.seed,
-        split=split,
-        clip_seconds=config.clip_seconds,
-        sample_rate=config.sample_rate,
-        single_label=config.single_label,
-    )
-    examples = builders.map_in_order(
-        make_example,
-        range(self.split_sizes[split]),
-        num_workers=self.num_workers,
-        chunksize=_CHUNKSIZE,
-    )
-    yield from builders.record_results(
-        self.build_report, split, ((f"{i:06d}", ex) for i, ex in enumerate(examples))
-    )
+  def example_kwargs(self) -> dict:
+    return {**super().example_kwargs(), "single_label": self.builder_config.single_label}

@@ -21,13 +21,11 @@ data do not depend on how many processes generate them or in which order.
 """
 
 import dataclasses
-import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from afx.audio import synthesis as syn
-from afx.errors import DataError
 from data_pipelines import builders
 
 DEFAULT_SPLIT_SIZES = {"train": 240, "validation": 20, "test": 20}
@@ -126,7 +124,8 @@ def compose_melody(
     meter: Meter,
     clip_seconds: float,
 ) -> list[Note]:
-  """A random walk on the scale around a random centre (about G4-G5), with rests and chords."""
+  """A random walk on the scale around a random centre (A3-C6, mostly near Bb4), with rests and
+  occasional chords."""
   centre = _nearest_index(pitches, np.clip(rng.normal(70.0, 5.0), 57, 84))
   spread = rng.integers(4, 9)  # scale steps the walk may stray from its centre
   position = centre + int(rng.integers(-2, 3))
@@ -298,87 +297,14 @@ class SynthPianoConfig(tfds.core.BuilderConfig):
   sample_rate: int = 16000
 
 
-class SynthPiano(builders.ReportingBuilder, skip_registration=True):
-  """Procedural piano pieces (see the module docstring).
-
-  Constructor kwargs besides tfds's: ``split_sizes`` (dict, default train 240, validation 20,
-  test 20), ``seed`` (default 0), ``num_workers`` (generating processes, default all cores).
-  """
+class SynthPiano(builders.ProceduralBuilder, skip_registration=True):
+  """Procedural piano pieces (see the module docstring); kwargs as ``builders.ProceduralBuilder``."""
 
   name = "synth_piano"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "8 s piano pieces at 16 kHz."}
   BUILDER_CONFIGS = [SynthPianoConfig(name="default", description="8 s pieces at 16 kHz.")]
-
-  def __init__(
-      self,
-      *,
-      split_sizes: dict[str, int] | None = None,
-      seed: int = 0,
-      num_workers: int | None = None,
-      **kwargs,
-  ):
-    self.split_sizes = {**DEFAULT_SPLIT_SIZES, **(split_sizes or {})}
-    unknown = set(self.split_sizes) - set(builders.SPLITS)
-    if unknown:
-      raise DataError(f"synth_piano split_sizes has unknown splits {sorted(unknown)};"
-                      f" use {', '.join(builders.SPLITS)}")
-    self.seed = int(seed)
-    self.num_workers = num_workers or builders.default_num_workers()
-    super().__init__(**kwargs)
-    self._original_state.update(split_sizes=self.split_sizes, seed=self.seed)
-    self._check_built_matches()
-
-  def _check_built_matches(self) -> None:
-    """A built dataset is reused only if it was built with this seed and these split sizes."""
-    if not self.is_prepared():
-      return
-    built = self.info.metadata
-    wanted = {"seed": self.seed, "split_sizes": self.split_sizes}
-    if any(built.get(key) != value for key, value in wanted.items()):
-      raise DataError(
-          f"{self.data_dir} holds synth_piano built with seed {built.get('seed')} and split sizes"
-          f" {built.get('split_sizes')}, not seed {self.seed} and {self.split_sizes};"
-          " use another data_dir or delete that directory"
-      )
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    config = self.builder_config
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builders.example_features(CLASS_NAMES),
-        metadata=tfds.core.MetadataDict(
-            sample_rate=config.sample_rate,
-            clip_seconds=config.clip_seconds,
-            seed=self.seed,
-            split_sizes=self.split_sizes,
-        ),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {
-        split: self._generate_examples(split)
-        for split in builders.SPLITS
-        if self.split_sizes.get(split, 0) > 0
-    }
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    make_example = functools.partial(
-        generate_example,
-        seed=self.seed,
-        split=split,
-        clip_seconds=config.clip_seconds,
-        sample_rate=config.sample_rate,
-    )
-    examples = builders.map_in_order(
-        make_example,
-        range(self.split_sizes[split]),
-        num_workers=self.num_workers,
-        chunksize=_CHUNKSIZE,
-    )
-    yield from builders.record_results(
-        self.build_report, split, ((f"{i:06d}", ex) for i, ex in enumerate(examples))
-    )
+  DEFAULT_SPLIT_SIZES = DEFAULT_SPLIT_SIZES
+  CLASS_NAMES = CLASS_NAMES
+  CHUNKSIZE = _CHUNKSIZE
+  example_function = staticmethod(generate_example)

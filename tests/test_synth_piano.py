@@ -47,7 +47,9 @@ def _piece(index, seed=0, split="train"):
 def test_damped_sinusoids_match_the_direct_sum():
   freqs, rates, amps = np.array([220.0, 1234.5, 7000.0]), np.array([1.0, 5.0, 300.0]), [1, .5, .2]
   t = np.arange(RATE + 37) / RATE
-  direct = sum(a * np.exp(-r * t) * np.sin(2 * np.pi * f * t) for f, r, a in zip(freqs, rates, amps))
+  direct = sum(
+      a * np.exp(-r * t) * np.sin(2 * np.pi * f * t) for f, r, a in zip(freqs, rates, amps)
+  )
   fast = syn.damped_sinusoids(freqs, rates, amps, len(t) / RATE, RATE)
   assert fast.dtype == np.float32 and fast.shape == t.shape
   np.testing.assert_allclose(fast, direct, atol=1e-6)

@@ -8,7 +8,6 @@ LayerNorm → mean over time → Dense(num_classes) logits (the task applies the
 import os
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 
 from afx.layers import PatchFrontEnd, TransformerBlock, average_pool_time, wavelet_pool

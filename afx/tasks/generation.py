@@ -133,34 +133,50 @@ def _draw(logits, rng, temperature: float):
   return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
 
 
+def _decode(model, variables, cache, code, position):
+  return model.apply(variables, cache, code, position, method="decode_step")
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def prefill(model, variables, prime):
+  """Feed `prime` int32 `[batch, p ≥ 1]` through `decode_step` at positions 0..p−1: (cache, logits of the next code)."""
+  batch, prime_length = prime.shape
+
+  def step(carry, inputs):
+    cache, _ = carry
+    logits, cache = _decode(model, variables, cache, *inputs)
+    return (cache, logits), None
+
+  logits = jnp.zeros((batch, model.num_classes), jnp.float32)
+  (cache, logits), _ = jax.lax.scan(step, (model.init_cache(batch), logits),
+                                    (prime.T.astype(jnp.int32), jnp.arange(prime_length, dtype=jnp.int32)))
+  return cache, logits
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "temperature"))
+def continue_sampling(model, variables, cache, logits, position, rng, *, num_samples: int, temperature: float = 1.0):
+  """Draw `num_samples` codes `[batch, num_samples]` from `logits`, feeding each back at `position`, `position + 1`, …"""
+
+  def step(carry, key):
+    cache, logits, position = carry
+    code = _draw(logits, key, temperature)
+    logits, cache = _decode(model, variables, cache, code, position)
+    return (cache, logits, position + 1), code
+
+  carry = (cache, logits, jnp.asarray(position, jnp.int32))
+  _, codes = jax.lax.scan(step, carry, jax.random.split(rng, num_samples))
+  return codes.T
+
+
 def sample(model, variables, prime, rng, *, num_samples: int, temperature: float = 1.0):
   """`num_samples` new codes `[batch, num_samples]` after `prime` int32 `[batch, p ≥ 1]`, from the model's cache.
 
-  The prime is fed through `decode_step` at positions 0..p−1, then each drawn code is fed back;
-  `temperature` 0 takes the most likely class.  One compiled loop, O(1) model work per sample.
+  `temperature` 0 takes the most likely class.  Two compiled loops (prefill, then generation),
+  O(1) model work per sample.
   """
-  batch, prime_length = prime.shape
-  decode = lambda cache, code, position: model.apply(variables, cache, code, position, method="decode_step")
-
-  def prefill(carry, inputs):
-    cache, _ = carry
-    code, position = inputs
-    logits, cache = decode(cache, code, position)
-    return (cache, logits), None
-
-  logits0 = jnp.zeros((batch, model.num_classes), jnp.float32)
-  (cache, logits), _ = jax.lax.scan(prefill, (model.init_cache(batch), logits0),
-                                    (prime.T, jnp.arange(prime_length, dtype=jnp.int32)))
-
-  def generate(carry, key):
-    cache, logits, position = carry
-    code = _draw(logits, key, temperature)
-    logits, cache = decode(cache, code, position)
-    return (cache, logits, position + 1), code
-
-  _, codes = jax.lax.scan(generate, (cache, logits, jnp.int32(prime_length)), jax.random.split(rng, num_samples))
-  return codes.T
+  cache, logits = prefill(model, variables, prime)
+  return continue_sampling(model, variables, cache, logits, prime.shape[1], rng, num_samples=num_samples,
+                           temperature=temperature)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "temperature"))

@@ -28,7 +28,7 @@ from afx import tasks
 from afx.train import config as config_lib
 from afx.train import sharding
 from afx.train.checkpoint import Checkpoints, abstract_with_shardings
-from afx.train.data import Dataset, open_dataset
+from afx.train.data import open_dataset
 from afx.train.metric_writer import MetricWriter
 from afx.train.optim import learning_rate_schedule, make_optimizer
 from data_pipelines import pipeline
