@@ -116,10 +116,12 @@ class RawTransformer(nn.Module):
     if self.past_samples:
       starts_block = position % self.context_samples == 0
       layers = [{**layer, "position": jnp.where(starts_block, -1, layer["position"])} for layer in layers]
-      # history slot j holds the code at the latest position ≡ j (mod past_samples)
-      ordered = jnp.roll(cache["history"], -(position % self.past_samples), axis=1)
-      cache["latent"] = jax.lax.cond(starts_block, lambda: self.past_encoder(ordered).astype(cache["latent"].dtype),
-                                     lambda: cache["latent"])
+      # history slot j holds the code at the latest position ≡ j (mod past_samples); it is put in
+      # time order only when a block starts, not at every step
+      def new_latent():
+        ordered = jnp.roll(cache["history"], -(position % self.past_samples), axis=1)
+        return self.past_encoder(ordered).astype(cache["latent"].dtype)
+      cache["latent"] = jax.lax.cond(starts_block, new_latent, lambda: cache["latent"])
       cache["history"] = cache["history"].at[:, position % self.past_samples].set(codes_t)
     x = self.embed(codes_t[:, None]).astype(self.dtype)
     if self.past_samples:
