@@ -115,6 +115,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
       folder=None,              # paper scale: the directory of piano recordings (with labels.csv)
       context_samples=256 if tiny else 1600,
       past_samples=(1024 if tiny else 4000) if conditioned else 0,
+      eval_past_samples=1024 if tiny else 4000,  # every row scores the same target samples
       quantization="mu_law",
       eval_hop_samples=800,
       train_split="train",

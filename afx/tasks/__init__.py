@@ -1,7 +1,8 @@
 """Task families: what a model is trained on, its loss, and how its evaluation becomes metrics.
 
 A task object tells the trainer:
-  window_samples, eval_hop_samples   the audio windows the pipeline cuts for training and evaluation
+  window_samples                     the length of the audio windows the pipeline cuts for training
+  eval_window_samples, eval_hop_samples   the sliding windows cut from evaluation clips
   model_kwargs()                     what the model is built with (e.g. num_classes)
   example_inputs()                   a batch-1 input for initialising the model
   model_inputs(batch), loss(outputs, batch), eval_outputs(outputs, batch)   jitted, per batch
@@ -25,7 +26,8 @@ def make_task(config, *, num_dataset_classes: int, sample_rate: int):
   if config.task == "next_sample":
     return NextSampleTask(context_samples=int(data.context_samples), past_samples=int(data.get("past_samples", 0)),
                           quantization=data.get("quantization", "mu_law"),
-                          eval_hop_samples=int(data.eval_hop_samples))
+                          eval_hop_samples=int(data.eval_hop_samples),
+                          eval_past_samples=int(data.get("eval_past_samples", 0)))
   raise ConfigError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
 
 

@@ -114,6 +114,10 @@ class ClassificationTask:
   def headline_metric(self) -> str:
     return headline_metric(self.kind)
 
+  @property
+  def eval_window_samples(self) -> int:
+    return self.window_samples
+
   def model_kwargs(self) -> dict:
     return {"num_classes": self.num_classes}
 

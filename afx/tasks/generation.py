@@ -89,6 +89,9 @@ class NextSampleTask:
   quantization: str = "mu_law"
   num_classes: int = 256
   eval_hop_samples: int = 800
+  # Evaluation windows reach this far before the context in every row of a table, so models
+  # with and without a past window are scored on the same target samples.
+  eval_past_samples: int = 0
   headline_metric = "top5_accuracy"
 
   def __post_init__(self):
@@ -98,6 +101,10 @@ class NextSampleTask:
   @property
   def window_samples(self) -> int:
     return self.past_samples + self.context_samples + 1
+
+  @property
+  def eval_window_samples(self) -> int:
+    return max(self.past_samples, self.eval_past_samples) + self.context_samples + 1
 
   def model_kwargs(self) -> dict:
     return {"num_classes": self.num_classes, "context_samples": self.context_samples,
@@ -110,15 +117,16 @@ class NextSampleTask:
     return quantize(batch["audio"], self.quantization, self.num_classes)
 
   def model_inputs(self, batch):
-    return self.codes(batch)[:, :-1]
+    """The last `past + context` codes before the window's final sample (eval windows can be longer)."""
+    return self.codes(batch)[:, -self.window_samples:-1]
 
   def loss(self, outputs, batch):
-    targets = self.codes(batch)[:, self.past_samples + 1:]
+    targets = self.codes(batch)[:, -self.context_samples:]
     return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets).mean()
 
   def eval_outputs(self, outputs, batch) -> dict:
     codes = self.codes(batch)
-    histogram = jax.vmap(lambda row: jnp.bincount(row, length=self.num_classes))(codes[:, self.past_samples:-1])
+    histogram = jax.vmap(lambda row: jnp.bincount(row, length=self.num_classes))(codes[:, -self.context_samples - 1:-1])
     return {**next_sample_scores(outputs[:, -1], codes[:, -1], codes[:, -2]),
             "histogram": histogram, "clip": batch["clip"]}
 

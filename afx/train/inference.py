@@ -64,7 +64,7 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
   if not isinstance(run.task, ClassificationTask):
     raise ConfigError(f"{workdir} is a {run.config.task} run; predict labels with a classification run "
                       "(for a next_sample run, use `run.py sample`)")
-  window, hop = run.task.window_samples, run.task.eval_hop_samples
+  window, hop = run.task.eval_window_samples, run.task.eval_hop_samples
   batch_size = run.mesh.size
   for path in files:
     try:

@@ -147,7 +147,7 @@ def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
   """The task's metrics on a split, from its eval rows over sliding windows of every clip."""
   eval_batch = run.config.get("eval_batch_size") or run.config.batch_size
   sharding.check_batch_size(eval_batch, run.mesh)
-  window_args = dict(clip_samples=run.task.window_samples, hop_samples=run.task.eval_hop_samples,
+  window_args = dict(clip_samples=run.task.eval_window_samples, hop_samples=run.task.eval_hop_samples,
                      local_batch_size=eval_batch // jax.process_count(),
                      process_index=jax.process_index(), process_count=jax.process_count())
   num_batches = None
