@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     import afx.train
     if args.command == "train":
       config = afx.train.apply_overrides(afx.train.load_config(args.config), overrides)
-      results = afx.train.train(config, args.workdir)
+      results = afx.train.train_row(config, args.workdir)
       if results is not None:
         print(json.dumps(results))
     elif args.command == "eval":

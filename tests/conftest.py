@@ -98,3 +98,57 @@ def piano_config_path(tmp_path_factory):
   path.write_text(PIANO_CONFIG.format(experiment=os.path.join(REPO, "experiments", "verma_chafe_2021.py"),
                                       data_dir=str(root / "data")))
   return str(path)
+
+
+REPRESENTATION_CONFIG = '''"""A seconds-long variant of experiments/verma_smith_2020.py for tests."""
+from afx.train.config import load_config
+from afx.train.config import load_module
+
+_EXPERIMENT = load_module({experiment!r})
+TITLE, METRIC, ROWS = _EXPERIMENT.TITLE, _EXPERIMENT.METRIC, _EXPERIMENT.ROWS
+
+
+def _shrink(config):
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.total_steps = 6
+  config.log_every = 3
+  config.checkpoint_every = 3
+  config.optimizer.warmup_steps = 1
+  if "num_layers" in config.model:
+    config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
+  if config.model.name == "patch_autoencoder":
+    config.model.update(hidden=(32, 16), bottleneck=8)
+  if config.model.name == "patch_simclr":
+    config.model.projection_dim = 8
+
+
+def get_config(variant=None):
+  config = load_config({experiment!r} + ":" + (variant or "code_lm,tiny"))
+  config.data.data_dir = {data_dir!r}
+  config.data.builder_kwargs = {{"split_sizes": {split_sizes!r}}}
+  config.data.num_threads = 2
+  if "stages" not in config:
+    _shrink(config)
+    return config
+  for stage in config.stages.values():
+    if stage.kind == "train":
+      _shrink(stage)
+    elif stage.kind == "kmeans":
+      stage.num_codes = min(stage.num_codes, 16)
+    else:
+      stage.steps = 100
+  return config
+'''
+
+
+@pytest.fixture(scope="session")
+def representation_config_path(tmp_path_factory):
+  """A config file (and experiment table) whose representation rows train in seconds on a small synth_events/single_label."""
+  root = tmp_path_factory.mktemp("representation")
+  path = root / "experiments" / "representation_table.py"
+  path.parent.mkdir()
+  path.write_text(REPRESENTATION_CONFIG.format(
+      experiment=os.path.join(REPO, "experiments", "verma_smith_2020.py"), data_dir=str(root / "data"),
+      split_sizes={"train": 64, "validation": 8, "test": 32}))
+  return str(path)

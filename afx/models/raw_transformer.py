@@ -2,7 +2,9 @@
 on a wider past through a CNN summary.
 
 Input: quantised samples (256 classes), embedded; causal pre-LayerNorm Transformer blocks through
-`afx.kernels.attention` with rotary positions; a 256-way head predicting the next sample.
+`afx.kernels.attention` with rotary positions; a 256-way head predicting the next sample.  The same
+module is the code language model of Verma & Smith 2020 over k-means patch codes (`num_classes` = k),
+whose `hidden` states a linear probe reads.
 
 Conditioned variant (`past_samples > 0`): the input is `past_samples + n` codes; a strided CNN
 summarises the first `past_samples` (250 ms by default in the experiments) into one latent added to
@@ -79,18 +81,22 @@ class RawTransformer(nn.Module):
       self.past_encoder = PastEncoder(self.num_classes, self.embed_dim, self.condition_channels,
                                       self.condition_layers, dtype=self.dtype)
 
-  def __call__(self, codes, *, train: bool):
-    """codes int32 `[batch, past_samples + n]` → float32 logits `[batch, n, classes]`.
-
-    `logits[:, i]` is the distribution of `codes[:, past_samples + i + 1]`.
-    """
+  def hidden(self, codes, *, train: bool = False):
+    """codes int32 `[batch, past_samples + n]` → the normalised last-layer states `[batch, n, embed_dim]`."""
     past, codes = codes[:, :self.past_samples], codes[:, self.past_samples:]
     x = self.embed(codes).astype(self.dtype)
     if self.past_samples:
       x = x + self.past_encoder(past)[:, None, :]
     for block in self.blocks:
       x = block(x, train=train)
-    return self.head(self.norm(x)).astype(jnp.float32)
+    return self.norm(x)
+
+  def __call__(self, codes, *, train: bool):
+    """codes int32 `[batch, past_samples + n]` → float32 logits `[batch, n, classes]`.
+
+    `logits[:, i]` is the distribution of `codes[:, past_samples + i + 1]`.
+    """
+    return self.head(self.hidden(codes, train=train)).astype(jnp.float32)
 
   def init_cache(self, batch_size: int) -> dict:
     """Empty decoding state; a pure function of the attributes (callable on an unbound module)."""

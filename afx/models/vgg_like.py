@@ -9,7 +9,7 @@ The paper resamples to 22.05 kHz; afx keeps the dataset's rate (a choice, stated
 import flax.linen as nn
 import jax.numpy as jnp
 
-from afx.audio import features
+from afx.layers.frontends import log_mel_frames
 
 
 class VGGLike(nn.Module):
@@ -24,12 +24,8 @@ class VGGLike(nn.Module):
   dropout_rate: float = 0.0
 
   def log_mel(self, waveform):
-    win_length = round(self.window_seconds * self.sample_rate)
-    n_fft = 1 << (win_length - 1).bit_length()
-    mel = features.log_mel_spectrogram(
-        waveform, sample_rate=self.sample_rate, n_fft=n_fft, win_length=win_length,
-        hop_length=round(self.hop_seconds * self.sample_rate), n_mels=self.n_mels, top_db=None)
-    return jnp.swapaxes(mel, -1, -2)  # [batch, frames, mels]
+    return log_mel_frames(waveform, sample_rate=self.sample_rate, n_mels=self.n_mels,
+                          window_seconds=self.window_seconds, hop_seconds=self.hop_seconds, top_db=None)
 
   @nn.compact
   def __call__(self, waveform, *, train: bool = False):

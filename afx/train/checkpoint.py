@@ -4,6 +4,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from afx.errors import ConfigError
@@ -60,3 +61,27 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+ARRAYS = "arrays"  # the subdirectory `save_arrays` writes
+
+
+def save_arrays(directory: str, arrays: dict) -> None:
+  """Write a dict of arrays (e.g. a codebook) as an orbax checkpoint in `directory/arrays`, atomically."""
+  checkpointer = ocp.StandardCheckpointer()
+  # force: a stage interrupted after this save and rerun writes its arrays again
+  checkpointer.save(os.path.join(os.path.abspath(directory), ARRAYS), arrays, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+
+def load_arrays(directory: str, *, what: str = "arrays") -> dict:
+  """The dict `save_arrays` wrote, as NumPy arrays."""
+  directory = os.path.join(os.path.abspath(directory), ARRAYS)
+  if not os.path.isdir(directory):
+    raise ConfigError(f"{what}: {directory} does not exist; point it at a finished stage's directory")
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    return jax.tree_util.tree_map(np.asarray, checkpointer.restore(directory))
+  finally:
+    checkpointer.close()

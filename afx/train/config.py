@@ -1,7 +1,8 @@
 """Experiment configs: ml_collections Python files, `FILE:VARIANT` specs and `key=value` overrides.
 
 A config file defines `get_config(variant: str | None) -> ml_collections.ConfigDict`.  Every training
-config has the keys in `REQUIRED_KEYS`, so any run can be shortened or reshaped from the command line.
+config has the keys in `REQUIRED_KEYS`, so any run can be shortened or reshaped from the command line;
+a staged config (`afx.train.stages`) has them in each of its training stages.
 """
 
 import ast
@@ -41,9 +42,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(variant or None)
   except (KeyError, ValueError) as error:
     raise ConfigError(f"config {spec}: {error}") from None
-  missing = [key for key in REQUIRED_KEYS if key not in config]
-  if missing:
-    raise ConfigError(f"config {spec} lacks the required key {missing[0]!r}")
+  trained = [(f"stages.{name}.", stage) for name, stage in config.stages.items() if stage.get("kind") == "train"] \
+      if "stages" in config else [("", config)]
+  for prefix, part in trained:
+    missing = [key for key in REQUIRED_KEYS if key not in part and key not in config]
+    if missing:
+      raise ConfigError(f"config {spec} lacks the required key {prefix}{missing[0]!r}")
   return config
 
 

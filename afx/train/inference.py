@@ -12,31 +12,9 @@ import numpy as np
 from afx.audio.io import load_audio, write_audio
 from afx.errors import AudioError, ConfigError
 from afx.tasks import ClassificationTask, generation
-from afx.train import config as config_lib
-from afx.train.checkpoint import Checkpoints
 from afx.train.data import open_dataset
-from afx.train.trainer import Run, TrainState, _host, evaluate_source, make_run
+from afx.train.trainer import _host, evaluate_source, load_run
 from data_pipelines import pipeline
-
-
-def load_run(workdir: str) -> tuple[Run, TrainState]:
-  """The run's config, model and newest checkpointed state, laid out over this machine's devices."""
-  workdir = os.path.abspath(workdir)
-  config = config_lib.from_json(os.path.join(workdir, "config.json"))
-  dataset_path = os.path.join(workdir, "dataset.json")
-  if not os.path.exists(dataset_path):
-    raise ConfigError(f"{dataset_path} does not exist; is {workdir} a workdir that `run.py train` wrote?")
-  with open(dataset_path) as f:
-    dataset = json.load(f)
-  run = make_run(config, class_names=dataset["class_names"], sample_rate=dataset["sample_rate"])
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-  step = checkpoints.latest_step()
-  if step is None:
-    checkpoints.close()
-    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint yet; run `run.py train` with this --workdir first")
-  state = checkpoints.restore(step, run.abstract_state)
-  checkpoints.close()
-  return run, state
 
 
 def evaluate(workdir: str, split: str | None = None) -> dict:

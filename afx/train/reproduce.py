@@ -12,7 +12,7 @@ from typing import Iterable
 
 from afx.errors import ConfigError
 from afx.train import config as config_lib
-from afx.train.trainer import train
+from afx.train.stages import train_row
 
 SCALES = ("tiny", "paper")
 EXTRA_COLUMNS = ("d_prime", "top1_accuracy", "nll_bits", "params", "paper_params")
@@ -53,6 +53,8 @@ def format_table(results: dict) -> str:
     cells = [row["name"], row.get("label", ""), row["metric"], _number(row["afx"]), _number(row["paper"])]
     cells += [_number(row.get(key)) for key in extra]
     lines.append("| " + " | ".join(cells) + " |")
+  if "chance" in results:
+    lines += ["", f"Chance (always the most frequent class): {results['chance']:.3f}"]
   return "\n".join(lines) + "\n"
 
 
@@ -70,13 +72,14 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
   configs = {}
   for row in experiment.ROWS:  # check every row's config before training any
     configs[row] = config_lib.apply_overrides(config_lib.load_config(f"{path}:{variant(row, scale)}"), overrides)
-  rows, first_results = [], None
+  rows, first_results, all_results = [], None, []
   metric = experiment.METRIC
   for row, info in experiment.ROWS.items():
-    results = train(configs[row], os.path.join(workdir, row))
+    results = train_row(configs[row], os.path.join(workdir, row), stages_dir=os.path.join(workdir, "stages"))
     if results is None:
       return None
     first_results = first_results or results
+    all_results.append(results)
     entry = {"name": row, "label": info.get("label", row), "metric": metric, "afx": results[metric],
              "paper": info.get("paper")}
     entry.update({k: results[k] for k in EXTRA_COLUMNS if k in results})
@@ -91,6 +94,9 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
         entry[key] = first_results[f"{name}_{key}"]
     rows.append(entry)
   results = {"table": table, "title": experiment.TITLE, "scale": scale, "rows": rows}
+  chance = [row_results["chance"] for row_results in all_results if "chance" in row_results]
+  if chance:  # the accuracy of always answering the most frequent class, from the first row that has it
+    results["chance"] = chance[0]
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)

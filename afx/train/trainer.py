@@ -27,7 +27,7 @@ from afx.errors import ConfigError, NonFiniteLossError
 from afx import tasks
 from afx.train import config as config_lib
 from afx.train import sharding
-from afx.train.checkpoint import Checkpoints, abstract_with_shardings
+from afx.train.checkpoint import Checkpoints, abstract_with_shardings, load_arrays
 from afx.train.data import open_dataset
 from afx.train.metric_writer import MetricWriter
 from afx.train.optim import learning_rate_schedule, make_optimizer
@@ -52,7 +52,7 @@ def init_state(rng, *, model, tx, example_inputs) -> TrainState:
 def _apply(model, state, params, inputs, *, train: bool, rng=None):
   """Model outputs and the updated non-parameter collections."""
   variables = {"params": params, **state.model_state}
-  rngs = {"dropout": rng} if rng is not None else {}
+  rngs = dict(zip(("dropout", "augment"), jax.random.split(rng))) if rng is not None else {}
   if train and state.model_state:
     return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
   return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
@@ -100,6 +100,10 @@ class Run:
   def to_global(self, local_batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
 
+  def jit_eval(self, fn: Callable) -> Callable:
+    """`fn(state, global_batch) -> dict` compiled as `predict` is: batch split over the mesh, outputs replicated."""
+    return _jit_eval(self.mesh, fn, self.state_shardings, self.batch_sharding)
+
 
 def _under_mesh(mesh, fn: Callable) -> Callable:
   """`fn` traced and run with `mesh` as the context mesh, so per-device kernels can shard_map over it."""
@@ -110,9 +114,41 @@ def _under_mesh(mesh, fn: Callable) -> Callable:
   return call
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenRun:
+  """A finished run's model and variables, as a later stage uses it (see `load_upstream`)."""
+  model: Any
+  variables: dict
+  task: Any
+  class_names: list[str]
+
+
+def load_upstream(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The earlier runs a config builds on: `config.upstream` maps a name to a workdir.
+
+  A workdir that `train` wrote becomes a `FrozenRun`; a directory that `checkpoint.save_arrays`
+  wrote into (e.g. a k-means stage's) becomes its dict of NumPy arrays.
+  """
+  loaded = {}
+  for name, directory in sorted((config.get("upstream") or {}).items()):
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+      run, state = load_run(directory)
+      loaded[name] = FrozenRun(run.model, {"params": state.params, **state.model_state}, run.task, run.class_names)
+    else:
+      loaded[name] = load_arrays(directory, what=f"upstream.{name}")
+  return loaded
+
+
+def _jit_eval(mesh, fn: Callable, state_shardings, batch_sharding) -> Callable:
+  return _under_mesh(mesh, jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
+                                   out_shardings=sharding.replicated(mesh)))
+
+
 def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
              devices=None) -> Run:
-  task = tasks.make_task(config, num_dataset_classes=len(class_names), sample_rate=sample_rate)
+  task = tasks.make_task(config, num_dataset_classes=len(class_names), sample_rate=sample_rate,
+                         upstream=load_upstream(config))
   mesh = sharding.make_mesh(config.get("fsdp", 1), devices)
   sharding.check_batch_size(config.batch_size, mesh)
   model = models.build_model(config.model, **task.model_kwargs(), sample_rate=sample_rate,
@@ -134,8 +170,7 @@ def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], s
       init=_under_mesh(mesh, jax.jit(init, out_shardings=shardings)),
       train_step=_under_mesh(mesh, jax.jit(step, in_shardings=(shardings, batch_sharding),
                                            out_shardings=(shardings, replicated), donate_argnums=0)),
-      predict=_under_mesh(mesh, jax.jit(functools.partial(predict_step, model=model, task=task),
-                                        in_shardings=(shardings, batch_sharding), out_shardings=replicated)))
+      predict=_jit_eval(mesh, functools.partial(predict_step, model=model, task=task), shardings, batch_sharding))
 
 
 def _host(array) -> np.ndarray:
@@ -143,8 +178,28 @@ def _host(array) -> np.ndarray:
   return np.asarray(array.addressable_data(0))
 
 
-def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
-  """The task's metrics on a split, from its eval rows over sliding windows of every clip."""
+def load_run(workdir: str) -> tuple[Run, TrainState]:
+  """The run's config, model and newest checkpointed state, laid out over this machine's devices."""
+  workdir = os.path.abspath(workdir)
+  config = config_lib.from_json(os.path.join(workdir, "config.json"))
+  dataset_path = os.path.join(workdir, "dataset.json")
+  if not os.path.exists(dataset_path):
+    raise ConfigError(f"{dataset_path} does not exist; is {workdir} a workdir that `run.py train` wrote?")
+  with open(dataset_path) as f:
+    dataset = json.load(f)
+  run = make_run(config, class_names=dataset["class_names"], sample_rate=dataset["sample_rate"])
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  if step is None:
+    checkpoints.close()
+    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint yet; run `run.py train` with this --workdir first")
+  state = checkpoints.restore(step, run.abstract_state)
+  checkpoints.close()
+  return run, state
+
+
+def eval_rows(run: Run, state: TrainState, source, step: Callable | None = None) -> dict[str, np.ndarray]:
+  """`step(state, global_batch)` (default: the task's eval rows) over sliding windows of every clip, concatenated."""
   eval_batch = run.config.get("eval_batch_size") or run.config.batch_size
   sharding.check_batch_size(eval_batch, run.mesh)
   window_args = dict(clip_samples=run.task.eval_window_samples, hop_samples=run.task.eval_hop_samples,
@@ -158,9 +213,14 @@ def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
   rows: dict[str, list] = {}
   for batch in pipeline.eval_batches(source, num_classes=len(run.class_names), num_batches=num_batches,
                                      **window_args):
-    for key, value in run.predict(state, run.to_global(batch)).items():
+    for key, value in (step or run.predict)(state, run.to_global(batch)).items():
       rows.setdefault(key, []).append(_host(value))
-  return run.task.metrics({key: np.concatenate(value) for key, value in rows.items()}, len(source))
+  return {key: np.concatenate(value) for key, value in rows.items()}
+
+
+def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
+  """The task's metrics on a split, from its eval rows over sliding windows of every clip."""
+  return run.task.metrics(eval_rows(run, state, source), len(source))
 
 
 class _PreemptionFlag:
