@@ -109,14 +109,6 @@ def _write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _gather(array: np.ndarray) -> np.ndarray:
-  """Concatenate every process's rows (identity on one process)."""
-  if jax.process_count() == 1:
-    return array
-  from jax.experimental import multihost_utils
-  return np.concatenate(list(multihost_utils.process_allgather(array)))
-
-
 def run_kmeans(stage: ml_collections.ConfigDict, directory: str) -> dict:
   """Fit the codebook on bottleneck vectors of the training split; `directory/{arrays,kmeans.json}`."""
   results_path = os.path.join(directory, "kmeans.json")
@@ -128,7 +120,8 @@ def run_kmeans(stage: ml_collections.ConfigDict, directory: str) -> dict:
   encode = run.jit_eval(lambda state, batch: {
       "vectors": run.model.apply(variables, batch["audio"], method="encode"), "clip": batch["clip"]})
   rows = trainer.eval_rows(run, state, open_dataset(run.config.data).source(run.config.data.train_split), encode)
-  vectors = _gather(rows["vectors"][rows["clip"] >= 0].reshape(-1, rows["vectors"].shape[-1]))
+  # eval rows are global: every process holds every process's windows
+  vectors = rows["vectors"][rows["clip"] >= 0].reshape(-1, rows["vectors"].shape[-1])
   rng = np.random.default_rng(stage.seed)
   if vectors.shape[0] > stage.max_points:
     vectors = vectors[np.sort(rng.choice(vectors.shape[0], stage.max_points, replace=False))]
@@ -145,8 +138,7 @@ def run_kmeans(stage: ml_collections.ConfigDict, directory: str) -> dict:
              "inertia": float(fit["inertia"]), "mean_squared_distance": float(np.mean(distances)),
              "codes_used": int((counts > 0).sum()),
              "code_perplexity": float(np.exp(-np.sum(probabilities * np.log(probabilities))))}
-  if jax.process_index() == 0:
-    save_arrays(directory, {"centroids": centroids})
+  save_arrays(directory, {"centroids": centroids})  # every process: orbax coordinates the write
   _write_json(os.path.join(directory, "config.json"), stage.to_dict())
   _write_json(results_path, results)  # last: its presence marks the stage finished
   return results
@@ -160,7 +152,7 @@ def clip_features(run: trainer.Run, state: trainer.TrainState, source) -> tuple[
       "targets": batch["targets"]})
   rows = trainer.eval_rows(run, state, source, step)
   keep = rows["clip"] >= 0
-  clips, features, targets = (_gather(rows[key][keep]) for key in ("clip", "features", "targets"))
+  clips, features, targets = (rows[key][keep] for key in ("clip", "features", "targets"))
   features, targets = average_by_clip(len(source), features, clips, targets)
   label_counts = targets.sum(axis=1)
   if not np.all(label_counts == 1):
@@ -191,8 +183,7 @@ def run_linear_probe(stage: ml_collections.ConfigDict, directory: str) -> dict:
              "chance": representation.chance_accuracy(train_y, test_y),
              "params": models.parameter_count(state.params), "feature_dim": int(train_x.shape[1]), "train_clips": int(train_x.shape[0]),
              "test_clips": int(test_x.shape[0]), "split": data.test_split}
-  if jax.process_index() == 0:
-    save_arrays(directory, probe)
+  save_arrays(directory, probe)
   _write_json(os.path.join(directory, "config.json"), stage.to_dict())
   _write_json(results_path, results)
   return results
