@@ -7,16 +7,17 @@ from afx.layers.attention import MultiHeadAttention
 
 
 class MlpBlock(nn.Module):
-  """Dense(hidden) → GELU → dropout → Dense(features)."""
+  """Dense(hidden) → GELU (tanh approximation, or exact erf as in BERT/ViT checkpoints) → dropout → Dense(features)."""
   hidden: int
   dropout_rate: float = 0.0
+  approximate_gelu: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     features = x.shape[-1]
     x = nn.Dense(self.hidden, dtype=self.dtype)(x)
-    x = nn.gelu(x)
+    x = nn.gelu(x, approximate=self.approximate_gelu)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(features, dtype=self.dtype)(x)
 
@@ -33,6 +34,8 @@ class TransformerBlock(nn.Module):
   window: int | None = None
   rotary: bool = False
   attention_impl: str | None = None
+  layer_norm_epsilon: float = 1e-6
+  approximate_gelu: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -40,10 +43,11 @@ class TransformerBlock(nn.Module):
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     attention = MultiHeadAttention(self.num_heads, causal=self.causal, window=self.window, rotary=self.rotary,
                                    attention_impl=self.attention_impl, dtype=self.dtype)
-    y = attention(nn.LayerNorm()(x), positions=positions, cache=cache)
+    y = attention(nn.LayerNorm(self.layer_norm_epsilon)(x), positions=positions, cache=cache)
     if cache is not None:
       y, cache = y
     x = x + drop(y)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype)(nn.LayerNorm()(x), train=train)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.approximate_gelu, dtype=self.dtype)(
+        nn.LayerNorm(self.layer_norm_epsilon)(x), train=train)
     x = x + drop(y)
     return x if cache is None else (x, cache)

@@ -99,16 +99,6 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def _write_json(path: str, payload: dict) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(payload, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-
-
 def run_kmeans(stage: ml_collections.ConfigDict, directory: str) -> dict:
   """Fit the codebook on bottleneck vectors of the training split; `directory/{arrays,kmeans.json}`."""
   results_path = os.path.join(directory, "kmeans.json")
@@ -139,8 +129,8 @@ def run_kmeans(stage: ml_collections.ConfigDict, directory: str) -> dict:
              "codes_used": int((counts > 0).sum()),
              "code_perplexity": float(np.exp(-np.sum(probabilities * np.log(probabilities))))}
   save_arrays(directory, {"centroids": centroids})  # every process: orbax coordinates the write
-  _write_json(os.path.join(directory, "config.json"), stage.to_dict())
-  _write_json(results_path, results)  # last: its presence marks the stage finished
+  trainer.write_json(os.path.join(directory, "config.json"), stage.to_dict())
+  trainer.write_json(results_path, results)  # last: its presence marks the stage finished
   return results
 
 
@@ -184,8 +174,8 @@ def run_linear_probe(stage: ml_collections.ConfigDict, directory: str) -> dict:
              "params": models.parameter_count(state.params), "feature_dim": int(train_x.shape[1]), "train_clips": int(train_x.shape[0]),
              "test_clips": int(test_x.shape[0]), "split": data.test_split}
   save_arrays(directory, probe)
-  _write_json(os.path.join(directory, "config.json"), stage.to_dict())
-  _write_json(results_path, results)
+  trainer.write_json(os.path.join(directory, "config.json"), stage.to_dict())
+  trainer.write_json(results_path, results)
   return results
 
 
@@ -220,7 +210,7 @@ def train_row(config: ml_collections.ConfigDict, workdir: str, *, stages_dir: st
       summary.update({f"{name}_{key}": value for key, value in _numbers(stage_results).items()})
     results = stage_results
   final = {**results, **summary}
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
-  _write_json(os.path.join(workdir, "stages.json"), {name: directory for name, directory, _ in resolved})
-  _write_json(os.path.join(workdir, "eval.json"), final)
+  trainer.write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+  trainer.write_json(os.path.join(workdir, "stages.json"), {name: directory for name, directory, _ in resolved})
+  trainer.write_json(os.path.join(workdir, "eval.json"), final)
   return final

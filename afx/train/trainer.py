@@ -260,8 +260,10 @@ def _check_finite(pending: list[dict], last_step: int, checkpoint_dir: str, last
   return {key: float(v.mean()) for key, v in values.items()}
 
 
-def _write_json(path: str, payload) -> None:
+def write_json(path: str, payload) -> None:
+  """Write `payload` as JSON atomically, from process 0 only."""
   if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(payload, f, indent=2)
@@ -292,8 +294,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   start = checkpoints.latest_step() or 0
   state = checkpoints.restore(start, run.abstract_state, train_iter) if start else run.init(jax.random.key(config.seed))
   # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
-  _write_json(os.path.join(workdir, "dataset.json"),
+  write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+  write_json(os.path.join(workdir, "dataset.json"),
               {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
   eval_path = os.path.join(workdir, "eval.json")
   if start >= config.total_steps and os.path.exists(eval_path):
@@ -352,7 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   results = evaluate_source(run, state, dataset.source(config.data.test_split))
   results.update(split=config.data.test_split, step=int(config.total_steps),
                  params=models.parameter_count(state.params))
-  _write_json(eval_path, results)
+  write_json(eval_path, results)
   if jax.process_index() == 0:
     models.write_figures(config.model.name, jax.device_get(state.params), sample_rate=run.sample_rate,
                          directory=workdir)
