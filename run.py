@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
   reproduce.add_argument("--scale", choices=("tiny", "paper"), required=True)
   reproduce.add_argument("--workdir", required=True)
 
+  convert = commands.add_parser("convert", help="turn a Hugging Face AST checkpoint into a workdir for predict/eval")
+  convert.add_argument("--from-hf", required=True, metavar="DIR",
+                       help="config.json + model.safetensors or pytorch_model.bin [+ preprocessor_config.json]")
+  convert.add_argument("--workdir", required=True)
+
   launch = commands.add_parser("launch", help="run `run.py ARGS` on every worker of a TPU VM pod")
   launch.add_argument("--tpu", required=True)
   launch.add_argument("--zone", required=True)
@@ -71,7 +76,7 @@ def main(argv: list[str]) -> int:
   overrides = [a for a in argv if a.startswith("--config.")]
   argv = [a for a in argv if not a.startswith("--config.")]
   args = _parser().parse_args(argv)
-  if overrides and args.command not in ("train", "reproduce"):
+  if overrides and args.command not in ("train", "reproduce", "convert"):
     _Parser(prog=f"run.py {args.command}").error(f"{args.command} takes no --config.KEY=VALUE overrides")
 
   from afx.errors import NonFiniteLossError, UserError
@@ -101,6 +106,9 @@ def main(argv: list[str]) -> int:
     elif args.command == "sample":
       print(json.dumps(afx.train.sample_audio(args.workdir, seconds=args.seconds, out=args.out,
                                               temperature=args.temperature, prime=args.prime, seed=args.seed)))
+    elif args.command == "convert":
+      from afx.train.convert import convert_hf
+      print(json.dumps(convert_hf(args.from_hf, args.workdir, overrides)))
     elif args.command == "reproduce":
       afx.train.reproduce(args.table, scale=args.scale, workdir=args.workdir, overrides=overrides)
   except UserError as error:

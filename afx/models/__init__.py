@@ -8,14 +8,18 @@ import jax
 
 from afx.errors import ConfigError
 from afx.models import audio_transformer
+from afx.models.ast import AST
 from afx.models.audio_transformer import AudioTransformer
+from afx.models.passt import PaSST
 from afx.models.patch_representation import PatchAutoencoder, PatchSimCLR
 from afx.models.raw_transformer import RawTransformer
 from afx.models.vgg_like import VGGLike
 from afx.models.wavenet import WaveNet
 
 MODELS: dict[str, type[nn.Module]] = {
+    "ast": AST,
     "audio_transformer": AudioTransformer,
+    "passt": PaSST,
     "patch_autoencoder": PatchAutoencoder,
     "patch_simclr": PatchSimCLR,
     "raw_transformer": RawTransformer,
@@ -60,4 +64,4 @@ def parameter_count(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["FIGURES", "MODELS", "AudioTransformer", "PatchAutoencoder", "PatchSimCLR", "RawTransformer", "VGGLike", "WaveNet", "build_model", "parameter_count", "write_figures"]
+__all__ = ["AST", "FIGURES", "MODELS", "AudioTransformer", "PaSST", "PatchAutoencoder", "PatchSimCLR", "RawTransformer", "VGGLike", "WaveNet", "build_model", "parameter_count", "write_figures"]

@@ -36,14 +36,18 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_iterator) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)))
+  def save(self, step: int, state, data_iterator=None) -> None:
+    """Save `state` (and the data iterator's position, unless None: e.g. converted weights)."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items))
 
   def restore(self, step: int, abstract_state, data_iterator=None):
-    """The state at `step` (placed as `abstract_state`'s shardings say); the iterator is restored in place."""
+    """The state at `step` (placed as `abstract_state`'s shardings say); the iterator is restored in
+    place when the checkpoint holds its position (else it starts from the beginning)."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))

@@ -34,6 +34,9 @@ from afx.train.optim import learning_rate_schedule, make_optimizer
 from data_pipelines import pipeline
 
 
+RNG_STREAMS = ("dropout", "augment", "patchout")  # the random streams a model may draw from in training
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -52,7 +55,7 @@ def init_state(rng, *, model, tx, example_inputs) -> TrainState:
 def _apply(model, state, params, inputs, *, train: bool, rng=None):
   """Model outputs and the updated non-parameter collections."""
   variables = {"params": params, **state.model_state}
-  rngs = dict(zip(("dropout", "augment"), jax.random.split(rng))) if rng is not None else {}
+  rngs = dict(zip(RNG_STREAMS, jax.random.split(rng, len(RNG_STREAMS)))) if rng is not None else {}
   if train and state.model_state:
     return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
   return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
@@ -291,8 +294,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       num_threads=config.data.get("num_threads", 4)))
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
-  start = checkpoints.latest_step() or 0
-  state = checkpoints.restore(start, run.abstract_state, train_iter) if start else run.init(jax.random.key(config.seed))
+  latest = checkpoints.latest_step()  # step 0 exists after `run.py convert`: fine-tuning starts from it
+  start = latest or 0
+  state = run.init(jax.random.key(config.seed)) if latest is None else \
+      checkpoints.restore(latest, run.abstract_state, train_iter)
   # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
   write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
   write_json(os.path.join(workdir, "dataset.json"),
