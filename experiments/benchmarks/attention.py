@@ -15,14 +15,13 @@ running it, since the kernel would kill it.  Ratios, not absolute times, carry b
 
 import argparse
 import json
-import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmark_common import available_bytes, machine, run_worker, write_result
 
 BATCH, HEADS = 1, 8
 WINDOW = 1024
@@ -41,14 +40,6 @@ def attended_pairs(seq: int, window: int | None) -> int:
 def forward_flops(seq: int, head_dim: int, window: int | None) -> float:
   # Two matmuls of 2·D flops per kept pair; the convention for causal is 2·B·H·N²·D.
   return 4.0 * BATCH * HEADS * head_dim * attended_pairs(seq, window) if window else 2.0 * BATCH * HEADS * seq**2 * head_dim
-
-
-def available_bytes() -> int:
-  with open("/proc/meminfo") as f:
-    for line in f:
-      if line.startswith("MemAvailable:"):
-        return int(line.split()[1]) * 1024
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def measure(spec: dict) -> dict:
@@ -99,19 +90,6 @@ def measure(spec: dict) -> dict:
   result["forward_tflops"] = flops / result["forward_s"] / 1e12
   result["forward_backward_tflops"] = 3.5 * flops / result["forward_backward_s"] / 1e12
   return dict(result, status="ok")
-
-
-def run_worker(spec: dict, timeout: float) -> dict:
-  command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-  try:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    return dict(spec, status="timeout", note=f"over {timeout:.0f} s")
-  if done.returncode != 0:
-    killed = done.returncode in (-9, 137)
-    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
-    return dict(spec, status="oom" if killed else "error", note="killed (out of memory)" if killed else tail)
-  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -166,14 +144,6 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def machine() -> dict:
-  import jax
-  device = jax.devices()[0]
-  return {"backend": jax.default_backend(), "device": device.device_kind, "devices": jax.device_count(),
-          "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-          "jax": jax.__version__, "memory_gib": round(available_bytes() / 2**30, 1)}
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", help="write {machine, rows, summary} JSON here")
@@ -195,17 +165,14 @@ def main() -> None:
       for window in (None, WINDOW):
         for implementation in implementations:
           spec = {"implementation": implementation, "seq": seq, "head_dim": head_dim, "window": window}
-          row = run_worker(spec, args.timeout)
+          row = run_worker(__file__, spec, args.timeout)
           rows.append(row)
           print(f"  {implementation:10s} N={seq:6d} D={head_dim:3d} window={window}: {row['status']} "
                 f"{row.get('forward_backward_s', '')}", file=sys.stderr, flush=True)
   add_ratios(rows)
-  result = {"machine": info, "rows": rows, "summary": summary(rows, info["backend"])}
+  result = write_result(args.out, info, rows, summary(rows, info["backend"]))
   print(format_table(rows))
   print(json.dumps(result["summary"], indent=2))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ per stream).  `--out FILE.json` writes {"machine", "rows", "summary"} with
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
@@ -24,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from afx.models import RawTransformer, WaveNet
+from benchmark_common import machine, write_result
 from afx.tasks import generation
 
 SAMPLE_RATE = 16_000
@@ -64,12 +63,6 @@ def measure(name: str, model, batch: int, context: int, cached_samples: int, nai
           "naive_real_time_factor": round(naive_rate / SAMPLE_RATE, 7)}
 
 
-def machine() -> dict:
-  device = jax.devices()[0]
-  return {"backend": jax.default_backend(), "device": device.device_kind, "cpu_count": os.cpu_count(),
-          "platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__}
-
-
 def format_table(rows: list[dict]) -> str:
   header = ("model", "batch", "cached samples/s", "naive samples/s", "speedup", "cached RTF")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -97,12 +90,9 @@ def main() -> None:
             f"{row['naive_samples_per_s']} samples/s, speedup {row['cached_speedup']}", file=sys.stderr, flush=True)
   summary = {f"{r['model']}_b{r['batch']}_cached_speedup": r["cached_speedup"] for r in rows}
   summary.update({f"{r['model']}_b{r['batch']}_cached_real_time_factor": r["cached_real_time_factor"] for r in rows})
-  result = {"machine": machine(), "rows": rows, "summary": summary}
+  write_result(args.out, machine(), rows, summary)
   print(format_table(rows))
   print(json.dumps(summary, indent=2))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
