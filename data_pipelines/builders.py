@@ -38,6 +38,8 @@ _REGISTRY = {
     "synth_piano": "data_pipelines.synth_piano:SynthPiano",
     "fsd50k": "data_pipelines.fsd50k:Fsd50k",
     "audio_folder": "data_pipelines.audio_folder:AudioFolder",
+    "audioset": "data_pipelines.audioset:Audioset",
+    "esc50": "data_pipelines.esc50:Esc50",
 }
 
 
@@ -264,10 +266,8 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     start = time.perf_counter()
     super().download_and_prepare(**kwargs)
     self.build_report.seconds = round(time.perf_counter() - start, 3)
-    # The split infos hold what tfds actually wrote.
-    self.build_report.written = {
-        split: self.info.splits[split].num_examples for split in SPLITS if split in self.info.splits
-    }
+    # The split infos hold what tfds actually wrote (of every split, not only SPLITS: esc50's folds).
+    self.build_report.written = {split: info.num_examples for split, info in self.info.splits.items()}
     self.build_report.write(self.data_dir)
     print(self.build_report.paragraph(), flush=True)
 

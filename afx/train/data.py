@@ -10,6 +10,11 @@ import data_pipelines
 from afx.errors import DataError
 
 
+def split_names(split: str) -> list[str]:
+  """The split names a tfds split expression reads: ``"fold1+fold2[:10]"`` -> fold1, fold2."""
+  return [part.split("[", 1)[0].strip() for part in split.split("+")]
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   builder: object
@@ -17,10 +22,17 @@ class Dataset:
   sample_rate: int
 
   def source(self, split: str):
-    if split not in self.builder.info.splits:
-      known = ", ".join(sorted(self.builder.info.splits.keys()))
-      raise DataError(f"dataset {self.builder.name} has no split {split!r}; its splits are {known}")
-    source = self.builder.as_data_source(split=split)
+    """The split's examples; ``split`` may join splits and slices, as in ``fold1+fold2[:50%]``."""
+    # tfds reads such expressions itself; each named split is checked here for a clearer error.
+    for name in split_names(split):
+      if name not in self.builder.info.splits:
+        known = ", ".join(sorted(self.builder.info.splits.keys()))
+        raise DataError(f"dataset {self.builder.name} has no split {name!r}; its splits are {known}")
+    try:
+      source = self.builder.as_data_source(split=split)
+    except ValueError as e:  # a malformed slice, e.g. fold1[:200%]
+      raise DataError(f"split {split!r} of dataset {self.builder.name}: {str(e).splitlines()[0]}; write"
+                      " splits like 'fold1+fold2' or 'train[:80%]'") from e
     if len(source) == 0:
       raise DataError(f"split {split!r} of dataset {self.builder.name} is empty")
     return source
