@@ -8,8 +8,13 @@ CLS and distillation states → LayerNorm + Dense logits (the task applies sigmo
 The positional grid is learned for `positional_frames` input frames.  Inputs of another length
 work: the grid's time axis is cropped (shorter inputs) or bilinearly resized (longer ones, or
 `positional_resize="interpolate"` always).  Parameter names follow the layout of Hugging Face's
-`ASTForAudioClassification`, which `afx.models.convert` maps onto this module.
+`ASTForAudioClassification`, which `params_from_hf` maps onto this module; `params_from_timm` imports
+the encoder of an ImageNet ViT/DeiT as the AST paper does (RGB patch kernel summed over its channels,
+the square positional grid cut around its centre or bilinearly resized to the audio patch grid).
 """
+
+import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import numpy as np
@@ -31,13 +36,31 @@ def patch_grid(frames: int, num_mel_bins: int, patch_size: int, frequency_stride
   return (num_mel_bins - patch_size) // frequency_stride + 1, (frames - patch_size) // time_stride + 1
 
 
+def resize_axis(grid, axis: int, size: int):
+  """`grid` bilinearly resized along `axis` to `size`."""
+  return jax.image.resize(grid, grid.shape[:axis] + (size,) + grid.shape[axis + 1:], method="bilinear")
+
+
 def fit_positional_grid(grid, time_patches: int, how: str):
   """`grid [freq, time, d]` with its time axis cropped or bilinearly resized to `time_patches`."""
   if grid.shape[1] == time_patches:
     return grid
   if how == "crop" and time_patches < grid.shape[1]:
     return grid[:, :time_patches]
-  return jax.image.resize(grid, (grid.shape[0], time_patches, grid.shape[2]), method="bilinear")
+  return resize_axis(grid, 1, time_patches)
+
+
+def fit_image_positions(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """An image model's positional grid `[rows, columns, d]` fitted per axis to `shape`: cut around the
+  centre where `shape` is smaller (as AST's reference code cuts it), bilinearly resized where larger."""
+  for axis, size in enumerate(shape):
+    length = grid.shape[axis]
+    if size <= length:
+      start = length // 2 - size // 2
+      grid = np.take(grid, np.arange(start, start + size), axis=axis)
+    else:
+      grid = np.asarray(resize_axis(grid, axis, size))
+  return grid
 
 
 class AST(nn.Module):
@@ -68,21 +91,30 @@ class AST(nn.Module):
   layer_norm_epsilon: float = 1e-12
   attention_impl: str | None = None
 
+  def setup(self):
+    self.head_norm = nn.LayerNorm(self.layer_norm_epsilon)
+    self.head = nn.Dense(self.num_classes)
+
   def spectrogram(self, waveform):
     """Normalised Kaldi filterbank `[batch, frames, num_mel_bins]` of `[batch, samples]` audio."""
     return kaldi.ast_features(waveform, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins,
                               target_frames=self.input_frames, mean=self.feature_mean, std=self.feature_std)
 
+  def positional_grid(self) -> tuple[int, int]:
+    """(frequency patches, time patches) the learned positional grid covers."""
+    return patch_grid(self.positional_frames, self.num_mel_bins, self.patch_size, self.frequency_stride,
+                      self.time_stride)
+
   @nn.compact
-  def from_spectrogram(self, spectrogram, *, train: bool = False):
-    """Logits `[batch, num_classes]` of normalised filterbanks `[batch, frames, num_mel_bins]`."""
+  def encode(self, spectrogram, *, train: bool = False):
+    """Encoder states after `encoder_norm`, `[batch, 2 + patches, embed_dim]` ([CLS, DIST, patches...]),
+    of normalised filterbanks `[batch, frames, num_mel_bins]`."""
     if self.positional_resize not in POSITIONAL_RESIZES:
       raise ValueError(f"positional_resize must be one of {', '.join(POSITIONAL_RESIZES)}, got {self.positional_resize!r}")
     batch, frames, _ = spectrogram.shape
     freq_patches, time_patches = patch_grid(frames, self.num_mel_bins, self.patch_size, self.frequency_stride,
                                             self.time_stride)
-    grid_freq, grid_time = patch_grid(self.positional_frames, self.num_mel_bins, self.patch_size,
-                                      self.frequency_stride, self.time_stride)
+    grid_freq, grid_time = self.positional_grid()
     # [batch, mel, frames, 1] so the patch order is frequency-major, as in the original
     image = jnp.swapaxes(spectrogram, 1, 2)[..., None]
     patches = nn.Conv(self.embed_dim, (self.patch_size, self.patch_size),
@@ -104,10 +136,12 @@ class AST(nn.Module):
       x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon,
                            approximate_gelu=False, attention_impl=self.attention_impl, name=f"block_{index}")(
                                x, train=train)
-    x = nn.LayerNorm(self.layer_norm_epsilon, name="encoder_norm")(x)
-    pooled = (x[:, 0] + x[:, 1]) / 2
-    pooled = nn.LayerNorm(self.layer_norm_epsilon, name="head_norm")(pooled)
-    return nn.Dense(self.num_classes, name="head")(pooled)
+    return nn.LayerNorm(self.layer_norm_epsilon, name="encoder_norm")(x)
+
+  def from_spectrogram(self, spectrogram, *, train: bool = False):
+    """Logits `[batch, num_classes]` of normalised filterbanks `[batch, frames, num_mel_bins]`."""
+    x = self.encode(spectrogram, train=train)
+    return self.head(self.head_norm((x[:, 0] + x[:, 1]) / 2))
 
   def __call__(self, waveform, *, train: bool = False):
     return self.from_spectrogram(self.spectrogram(waveform), train=train)
@@ -127,21 +161,46 @@ HF_LAYER_NAMES = {
 HF_LAYER_PREFIXES = ("layers.{index}", "encoder.layer.{index}")
 
 
+def _dense(weight, bias) -> dict:  # PyTorch Linear [out, in]
+  return {"kernel": weight.T, "bias": bias}
+
+
+def _norm(weight, bias) -> dict:
+  return {"scale": weight, "bias": bias}
+
+
+def _heads_in(weight, bias, num_heads: int) -> dict:  # [out, in] → [in, heads, head_dim]
+  return {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1), "bias": bias.reshape(num_heads, -1)}
+
+
+def patch_embed_params(weight, bias) -> dict:
+  """The patch conv from a PyTorch kernel `[d, channels, freq, time]`; an RGB kernel is summed over its
+  channels, so a spectrogram seen as a grey image gives the response the image model was trained on."""
+  return {"kernel": weight.sum(axis=1, keepdims=True).transpose(2, 3, 1, 0), "bias": bias}
+
+
+def block_params(weights: dict, num_heads: int) -> dict:
+  """One `TransformerBlock`'s parameters from PyTorch `(weight, bias)` pairs keyed as `HF_LAYER_NAMES` is."""
+  out_weight, out_bias = weights["out"]  # [features, heads · head_dim]
+  return {
+      "LayerNorm_0": _norm(*weights["norm1"]),
+      "MultiHeadAttention_0": {
+          **{part: _heads_in(*weights[part], num_heads) for part in ("query", "key", "value")},
+          "out": {"kernel": out_weight.T.reshape(num_heads, -1, out_weight.shape[0]), "bias": out_bias},
+      },
+      "LayerNorm_1": _norm(*weights["norm2"]),
+      "MlpBlock_0": {"Dense_0": _dense(*weights["fc1"]), "Dense_1": _dense(*weights["fc2"])},
+  }
+
+
 def params_from_hf(state: dict, *, num_layers: int, num_heads: int) -> dict:
   """AST parameters from a Hugging Face `ASTForAudioClassification` state dict (name → NumPy array),
   in either transformers 4's or 5's tensor names."""
   prefix = "audio_spectrogram_transformer."
   state = {key.removeprefix(prefix): np.asarray(value, np.float32) for key, value in state.items()}
 
-  def dense(name):
-    return {"kernel": state[f"{name}.weight"].T, "bias": state[f"{name}.bias"]}
-
-  def norm(name):
-    return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
-
-  def heads_in(name):  # [out, in] → [in, heads, head_dim]
-    weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
-    return {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1), "bias": bias.reshape(num_heads, -1)}
+  def pair(name):
+    return state[f"{name}.weight"], state[f"{name}.bias"]
 
   def layer_names(index):
     for generation, prefix in enumerate(HF_LAYER_PREFIXES):
@@ -151,27 +210,86 @@ def params_from_hf(state: dict, *, num_layers: int, num_heads: int) -> dict:
     raise KeyError(f"the checkpoint has no tensors for encoder layer {index} (looked for "
                    f"{' and '.join(p.format(index=index) for p in HF_LAYER_PREFIXES)})")
 
-  conv = state["embeddings.patch_embeddings.projection.weight"]  # [out, 1, freq, time]
   params = {
-      "patch_embed": {"kernel": conv.transpose(2, 3, 1, 0),
-                      "bias": state["embeddings.patch_embeddings.projection.bias"]},
+      "patch_embed": patch_embed_params(*pair("embeddings.patch_embeddings.projection")),
       "cls_token": state["embeddings.cls_token"],
       "distillation_token": state["embeddings.distillation_token"],
       "position_embeddings": state["embeddings.position_embeddings"],
-      "encoder_norm": norm("layernorm"),
-      "head_norm": norm("classifier.layernorm"),
-      "head": dense("classifier.dense"),
+      "encoder_norm": _norm(*pair("layernorm")),
+      "head_norm": _norm(*pair("classifier.layernorm")),
+      "head": _dense(*pair("classifier.dense")),
   }
   for index in range(num_layers):
-    names = layer_names(index)
-    out = state[f"{names['out']}.weight"]  # [features, heads · head_dim]
-    params[f"block_{index}"] = {
-        "LayerNorm_0": norm(names["norm1"]),
-        "MultiHeadAttention_0": {
-            "query": heads_in(names["query"]), "key": heads_in(names["key"]), "value": heads_in(names["value"]),
-            "out": {"kernel": out.T.reshape(num_heads, -1, out.shape[0]), "bias": state[f"{names['out']}.bias"]},
-        },
-        "LayerNorm_1": norm(names["norm2"]),
-        "MlpBlock_0": {"Dense_0": dense(names["fc1"]), "Dense_1": dense(names["fc2"])},
-    }
+    params[f"block_{index}"] = block_params({key: pair(name) for key, name in layer_names(index).items()}, num_heads)
   return params
+
+
+# timm's names of the tensors `block_params` reads, under `blocks.{index}.`; `attn.qkv` stacks query, key, value.
+TIMM_LAYER_NAMES = {"out": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2", "norm1": "norm1", "norm2": "norm2"}
+
+
+class TimmEncoder(NamedTuple):
+  """What an ImageNet ViT/DeiT gives a spectrogram transformer."""
+  params: dict  # patch_embed, block_{i}, encoder_norm
+  tokens: np.ndarray  # [2, d]: CLS, distillation
+  token_positions: np.ndarray  # [2, d]: their positional embeddings
+  patch_positions: np.ndarray  # [freq, time, d]: the image grid fitted to the audio patch grid
+
+
+def timm_encoder(state: dict, *, num_layers: int, num_heads: int, grid: tuple[int, int]) -> TimmEncoder:
+  """The encoder of a timm ViT or DeiT state dict (name → array), its positional grid fitted to `grid`
+  (frequency patches, time patches).  A plain ViT has no distillation token: it starts as the CLS token,
+  with the CLS token's position.  The ImageNet classifier (`head`, `head_dist`) is not read."""
+  state = {key: np.asarray(value, np.float32) for key, value in state.items()}
+  if f"blocks.{num_layers}.norm1.weight" in state:
+    raise ValueError(f"the checkpoint has more than num_layers={num_layers} blocks (it holds blocks.{num_layers})")
+
+  def pair(name):
+    return state[f"{name}.weight"], state[f"{name}.bias"]
+
+  params = {"patch_embed": patch_embed_params(*pair("patch_embed.proj")), "encoder_norm": _norm(*pair("norm"))}
+  for index in range(num_layers):
+    prefix = f"blocks.{index}"
+    qkv = zip(*(np.split(tensor, 3) for tensor in pair(f"{prefix}.attn.qkv")))
+    weights = dict(zip(("query", "key", "value"), qkv))
+    weights.update({key: pair(f"{prefix}.{name}") for key, name in TIMM_LAYER_NAMES.items()})
+    params[f"block_{index}"] = block_params(weights, num_heads)
+
+  cls = state["cls_token"].reshape(1, -1)
+  distilled = "dist_token" in state
+  tokens = np.concatenate([cls, state["dist_token"].reshape(1, -1) if distilled else cls])
+  positions = state["pos_embed"].reshape(-1, cls.shape[1])
+  prefix = 2 if distilled else 1
+  token_positions = positions[:2] if distilled else np.concatenate([positions[:1], positions[:1]])
+  side = math.isqrt(len(positions) - prefix)
+  if side * side != len(positions) - prefix:
+    raise ValueError(f"pos_embed holds {len(positions) - prefix} patch positions, not a square grid")
+  patch_positions = fit_image_positions(positions[prefix:].reshape(side, side, -1), grid)
+  return TimmEncoder(params, tokens, token_positions, patch_positions)
+
+
+def params_from_timm(state: dict, *, num_layers: int, num_heads: int, grid: tuple[int, int]) -> dict:
+  """AST parameters from a timm ViT/DeiT state dict (see `timm_encoder`; `grid` is `AST.positional_grid()`),
+  all but `head_norm` and `head`, which `merge_params` leaves as initialised."""
+  encoder = timm_encoder(state, num_layers=num_layers, num_heads=num_heads, grid=grid)
+  dim = encoder.tokens.shape[1]
+  return {**encoder.params, "cls_token": encoder.tokens[:1, None], "distillation_token": encoder.tokens[1:, None],
+          "position_embeddings": np.concatenate([encoder.token_positions,
+                                                 encoder.patch_positions.reshape(-1, dim)])[None]}
+
+
+def merge_params(fresh: dict, imported: dict, path: str = "") -> dict:
+  """`fresh` (a model's initialised parameters) with `imported`'s tensors in their place; a ValueError names
+  an imported tensor the model lacks or whose shape differs."""
+  merged = dict(fresh)
+  for key, value in imported.items():
+    name = f"{path}{key}"
+    if key not in fresh:
+      raise ValueError(f"the model has no parameter {name}")
+    if isinstance(value, dict):
+      merged[key] = merge_params(fresh[key], value, f"{name}/")
+    elif np.shape(value) != np.shape(fresh[key]):
+      raise ValueError(f"{name} is {list(np.shape(value))} in the file and {list(np.shape(fresh[key]))} in the model")
+    else:
+      merged[key] = value
+  return merged

@@ -10,6 +10,8 @@ AST's input and encoder with two changes that make training cheaper and regulari
 Variants: PaSST-S (stride 10, overlapping patches), -N (`stride=16`: no overlap, fewer patches) and
 -L (`num_layers` halved: the light model; from a 12-layer checkpoint keep every other block).
 The CLS and distillation tokens carry their own positional embedding; the head reads their mean.
+`params_from_timm` imports an ImageNet ViT/DeiT encoder as PaSST's reference code does: the separate
+encodings are the means of the image's positional grid, fitted to the patch grid, over each axis.
 """
 
 import flax.linen as nn
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from afx.layers import TransformerBlock
-from afx.models.ast import patch_grid
+from afx.models.ast import patch_grid, timm_encoder
 from afx.audio import kaldi
 from afx.audio.kaldi import AUDIOSET_MEAN, AUDIOSET_STD
 
@@ -57,6 +59,10 @@ class PaSST(nn.Module):
     return kaldi.ast_features(waveform, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins,
                               target_frames=self.input_frames, mean=self.feature_mean, std=self.feature_std)
 
+  def positional_grid(self) -> tuple[int, int]:
+    """(frequency patches, time patches) the positional encodings cover."""
+    return patch_grid(self.positional_frames, self.num_mel_bins, self.patch_size, self.stride, self.stride)
+
   def patchout(self, grid, *, train: bool):
     """`grid [batch, freq, time, d]` → tokens `[batch, n, d]`, with patchout in training."""
     batch, freq, time, dim = grid.shape
@@ -79,7 +85,7 @@ class PaSST(nn.Module):
     """Logits `[batch, num_classes]` of normalised filterbanks `[batch, frames, num_mel_bins]`."""
     batch, frames, _ = spectrogram.shape
     freq, time = patch_grid(frames, self.num_mel_bins, self.patch_size, self.stride, self.stride)
-    _, grid_time = patch_grid(self.positional_frames, self.num_mel_bins, self.patch_size, self.stride, self.stride)
+    _, grid_time = self.positional_grid()
     if time > grid_time:
       raise ValueError(f"{frames} frames give {time} time patches; the time encoding covers {grid_time} "
                        f"(positional_frames={self.positional_frames}): use shorter windows")
@@ -106,3 +112,13 @@ class PaSST(nn.Module):
 
   def __call__(self, waveform, *, train: bool = False):
     return self.from_spectrogram(self.spectrogram(waveform), train=train)
+
+
+def params_from_timm(state: dict, *, num_layers: int, num_heads: int, grid: tuple[int, int]) -> dict:
+  """PaSST parameters from a timm ViT/DeiT state dict (see `afx.models.ast.timm_encoder`; `grid` is
+  `PaSST.positional_grid()`): the frequency encoding is the fitted grid's mean over time, the time
+  encoding its mean over frequency.  `head_norm` and `head` are left out, as `merge_params` keeps them."""
+  encoder = timm_encoder(state, num_layers=num_layers, num_heads=num_heads, grid=grid)
+  return {**encoder.params, "special_tokens": encoder.tokens, "special_positions": encoder.token_positions,
+          "frequency_positions": encoder.patch_positions.mean(axis=1, keepdims=True),
+          "time_positions": encoder.patch_positions.mean(axis=0, keepdims=True)}

@@ -2,7 +2,8 @@
 
 A config file defines `get_config(variant: str | None) -> ml_collections.ConfigDict`.  Every training
 config has the keys in `REQUIRED_KEYS`, so any run can be shortened or reshaped from the command line;
-a staged config (`afx.train.stages`) has them in each of its training stages.
+a staged config (`afx.train.stages`) has them in each of its training stages.  `load_config` adds the
+`DEFAULT_KEYS` an unstaged config leaves out.
 """
 
 import ast
@@ -18,6 +19,9 @@ from afx.errors import ConfigError
 
 REQUIRED_KEYS = ("batch_size", "total_steps", "log_every", "checkpoint_every", "eval_every", "seed",
                  "attention_impl")
+# Keys an unstaged training config gets with these values when its file leaves them out, so that
+# `--config.KEY=VALUE` works on every config.
+DEFAULT_KEYS = {"init_from": None}  # a timm ViT/DeiT weight file an `ast` or `passt` run starts from
 
 
 def load_module(path: str):
@@ -48,6 +52,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     missing = [key for key in REQUIRED_KEYS if key not in part and key not in config]
     if missing:
       raise ConfigError(f"config {spec} lacks the required key {prefix}{missing[0]!r}")
+  if "stages" not in config:
+    for key, value in DEFAULT_KEYS.items():
+      if key not in config:
+        config[key] = value
   return config
 
 

@@ -28,6 +28,7 @@ from afx import tasks
 from afx.train import config as config_lib
 from afx.train import sharding
 from afx.train.checkpoint import Checkpoints, abstract_with_shardings, load_arrays
+from afx.train.convert import init_from_timm
 from afx.train.data import open_dataset
 from afx.train.metric_writer import MetricWriter
 from afx.train.optim import learning_rate_schedule, make_optimizer
@@ -279,8 +280,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   """Train, evaluate and write `workdir/{config.json,metrics.jsonl,checkpoints/,eval.json}`.
 
   Rerunning with the same workdir resumes from the newest checkpoint (parameters, optimiser and data
-  iterator).  `stop_at_step` (or SIGTERM) saves a checkpoint at that step and returns None, as a
-  preempted job would.  Returns the final test metrics.
+  iterator).  A fresh run of an `ast` or `passt` model with `config.init_from` (a timm ViT/DeiT weight
+  file) starts from that file's encoder (`afx.train.convert.init_from_timm`).  `stop_at_step` (or
+  SIGTERM) saves a checkpoint at that step and returns None, as a preempted job would.  Returns the
+  final test metrics.
   """
   sharding.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
@@ -298,6 +301,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   start = latest or 0
   state = run.init(jax.random.key(config.seed)) if latest is None else \
       checkpoints.restore(latest, run.abstract_state, train_iter)
+  if latest is None and config.get("init_from"):  # a resumed run's checkpoint already holds the imported weights
+    state = init_from_timm(run, state, config.init_from)
   # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
   write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
   write_json(os.path.join(workdir, "dataset.json"),
