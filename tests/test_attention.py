@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from afx.errors import ConfigError
 from afx.kernels.attention import dot_product_attention, masks
-from afx.kernels.attention.api import BLOCKED, default_implementation
+from afx.kernels.attention.api import BLOCKED, default_blocks, default_implementation
 
 # (batch, seq, q_heads, kv_heads, head_dim, causal, window, dtype)
 CASES = {
@@ -182,10 +182,16 @@ def test_tpu_kernel_under_the_tpu_interpreter_matches_the_reference():
     assert max_error(got, want) < 1e-4
 
 
-def test_default_is_blockwise_for_long_sequences_on_cpu():
+def test_default_on_cpu_is_blockwise_at_every_length():
   assert default_implementation(16384, 16384, None) == "blockwise"
   assert default_implementation(8192, 8192, 1024) == "blockwise"
-  assert default_implementation(40, 40, None) == "xla"
+  assert default_implementation(40, 40, None) == "blockwise"
+
+
+def test_default_blocks_on_cpu_hold_a_short_sequence_in_one_key_block():
+  assert default_blocks("blockwise", 1214, 1214, 64) == (128, 1216)
+  assert default_blocks("blockwise", 40, 40, 64) == (40, 40)
+  assert default_blocks("blockwise", 8192, 8192, 64) == (128, 512)
 
 
 def test_kernels_off_their_hardware_need_interpret_mode():

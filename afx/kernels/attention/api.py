@@ -22,7 +22,7 @@ DENSE = ("reference", "xla", "cudnn")
 BLOCKED = ("blockwise", "pallas_tpu", "pallas_gpu")
 IMPLEMENTATIONS = DENSE + BLOCKED
 HEADS_AXIS = "model"
-# Sequences at least this long use the blocked path by default on CPU (dense needs N² memory).
+# On CPU, up to this many keys form one block; longer sequences use 512-key blocks.
 LONG_SEQUENCE = 2048
 
 
@@ -56,7 +56,10 @@ def default_blocks(implementation: str, q_len: int, k_len: int, head_dim: int) -
   if implementation == "pallas_gpu":  # Triton blocks are powers of two
     pow2 = lambda n: max(16, 1 << (n - 1).bit_length())
     return min(128, pow2(q_len)), min(64 if head_dim > 64 else 128, pow2(k_len))
-  return min(512, round_up(q_len, 8)), min(512, round_up(k_len, 8))
+  # blockwise (CPU): small query tiles against all keys of a short sequence (fewer, larger matmuls);
+  # 512-key blocks for long ones, where causal and window masks skip whole blocks.
+  block_k = round_up(k_len, 8) if k_len <= LONG_SEQUENCE else 512
+  return min(128, round_up(q_len, 8)), block_k
 
 
 def blocked_attention(q, k, v, *, implementation: str, causal: bool, window: int | None, scale: float,
@@ -105,8 +108,8 @@ def default_implementation(q_len: int, k_len: int, window: int | None, dtype=jnp
     return "pallas_tpu"
   if backend == "gpu":  # cuDNN's fused attention takes half precision only
     return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
-  long = max(q_len, k_len) >= LONG_SEQUENCE or (window is not None and k_len >= 4 * window)
-  return "blockwise" if long else "xla"
+  # CPU: per-head 2-D tiles beat XLA's batched dense attention at every length measured (64 to 32k).
+  return "blockwise"
 
 
 def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None = None,

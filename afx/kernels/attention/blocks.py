@@ -77,3 +77,12 @@ def dq_step(dq, q, k, v, do, logsumexp, delta, scale: float, mask=None):
   p = probabilities(scores(q, k, scale), logsumexp, mask)
   ds = logit_gradient(p, do, v, delta)
   return dq + _dot(ds.astype(k.dtype), k, 1, 0) * scale
+
+
+def gradient_step(q, k, v, do, logsumexp, delta, scale: float, mask=None):
+  """(dQ, dK, dV) contributions of one (query tile, key block) pair from one recomputation of the
+  probabilities: what a sequential backward pass adds up (float32)."""
+  p = probabilities(scores(q, k, scale), logsumexp, mask)
+  ds = logit_gradient(p, do, v, delta)
+  return (_dot(ds.astype(k.dtype), k, 1, 0) * scale, _dot(ds.astype(q.dtype), q, 0, 0) * scale,
+          _dot(p.astype(do.dtype), do, 0, 0))

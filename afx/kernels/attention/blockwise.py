@@ -1,106 +1,123 @@
 """Blockwise attention in pure JAX: online softmax over key blocks, O(N·block) memory.
 
-Each query tile loops over only the key blocks `masks.key_block_range` names; blocks that the mask
-leaves whole skip the element mask.  Grouped-query heads are folded into the rows of a tile, so one
-pass over a key/value head serves all its query heads.  The backward pass recomputes the
-probabilities from the saved logsumexp: a dK/dV pass loops over query tiles per key block, a dQ pass
-over key blocks per query tile; both are sequential, so results are bitwise deterministic.
+The outer loop runs over (batch, kv head) pairs one at a time, so every block product is a plain
+2-D matmul over tiles that stay in cache: on a CPU that is what makes it faster than dense XLA
+attention even at lengths where the N×N matrix fits in memory.  Each query tile loops over only the
+key blocks `masks.key_block_range` names; blocks that the mask leaves whole skip the element mask.
+Grouped-query heads are folded into the rows of a tile, so one pass over a key/value head serves
+all its query heads.
+
+The backward pass recomputes the probabilities from the saved logsumexp once per (query tile, key
+block) pair: a single sequential pass over query tiles finishes each tile's dQ and adds its share
+to dK and dV.  Being sequential it needs no atomics and is bitwise deterministic; the Pallas
+kernels, whose tiles run in parallel, split it into separate dK/dV and dQ passes instead.
 
 Layout: q `[batch, q_heads, q_padded, d]`, k/v `[batch, kv_heads, k_padded, d]`, lengths padded
 to whole blocks (see `masks.Plan`).
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from afx.kernels.attention import blocks, masks
 
-# The block math is written for one (batch, kv head); vmap it over both.
-_per_head = lambda f: jax.vmap(jax.vmap(f))
 
-
-def _rows(x, start, size, axis):
+def _rows(x, start, size, axis: int = 0):
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
+def _over_heads(fn, *arrays):
+  """`fn` on each (batch, kv head) slice of `arrays` `[batch, kv_heads, ...]`, one after another."""
+  batch, kv_heads = arrays[0].shape[:2]
+  flat = [x.reshape(batch * kv_heads, *x.shape[2:]) for x in arrays]
+  out = jax.lax.map(lambda xs: fn(*xs), flat)
+  return jax.tree_util.tree_map(lambda y: y.reshape(batch, kv_heads, *y.shape[1:]), out)
+
+
+def _grouped(x, kv_heads: int):
+  """`[batch, q_heads, ...]` → `[batch, kv_heads, groups, ...]`."""
+  return x.reshape(x.shape[0], kv_heads, x.shape[1] // kv_heads, *x.shape[2:])
+
+
+def _query_tile(x, q_block: int, plan: masks.Plan):
+  """Rows of query tile `q_block` of `x [groups, q_padded, ...]`, the groups folded: `[groups·block_q, ...]`."""
+  tile = _rows(x, q_block * plan.block_q, plan.block_q, axis=1)
+  return tile.reshape(-1, *x.shape[2:])
+
+
+def _key_tiles(k, v, k_block: int, plan: masks.Plan):
+  start = k_block * plan.block_k
+  return _rows(k, start, plan.block_k), _rows(v, start, plan.block_k)
+
+
+def _tile_mask(plan: masks.Plan, q_block, k_block, rows: int, masked: bool):
+  return masks.block_mask(plan, q_block, k_block, rows) if masked else None
+
+
+def _forward_head(q, k, v, plan: masks.Plan):
+  """One kv head: q `[groups, q_padded, d]`, k/v `[k_padded, d]` → out, logsumexp `[groups, q_padded]`."""
+  groups, _, head_dim = q.shape
+  rows = groups * plan.block_q
+
+  def query_tile(q_block):
+    q_tile = _query_tile(q, q_block, plan)
+
+    def visit(k_block, state, masked):
+      k_tile, v_tile = _key_tiles(k, v, k_block, plan)
+      mask = _tile_mask(plan, q_block, k_block, rows, masked)
+      return blocks.forward_step(state, blocks.scores(q_tile, k_tile, plan.scale), v_tile, mask)
+
+    state = masks.visit_blocks(masks.key_block_range(plan, q_block), masks.interior_key_range(plan, q_block),
+                               visit, blocks.initial_state(rows, head_dim))
+    out, logsumexp = blocks.forward_finish(state)
+    return out.reshape(groups, plan.block_q, head_dim).astype(q.dtype), logsumexp.reshape(groups, plan.block_q)
+
+  out, logsumexp = jax.lax.map(query_tile, jnp.arange(plan.num_q_blocks))  # [q_blocks, groups, block_q, ...]
+  return (jnp.moveaxis(out, 0, 1).reshape(q.shape), jnp.moveaxis(logsumexp, 0, 1).reshape(groups, plan.q_padded))
+
+
+def _backward_head(q, k, v, d_out, logsumexp, delta, plan: masks.Plan):
+  """One kv head's (dq, dk, dv); `delta = rowsum(dO ∘ O) − d_logsumexp`, shapes as in `_forward_head`."""
+  groups, _, head_dim = q.shape
+  rows = groups * plan.block_q
+
+  def query_tile(kv_grads, q_block):
+    q_tile, do_tile, lse_tile, delta_tile = (_query_tile(x, q_block, plan) for x in (q, d_out, logsumexp, delta))
+
+    def visit(k_block, grads, masked):
+      dq, dk, dv = grads
+      k_tile, v_tile = _key_tiles(k, v, k_block, plan)
+      mask = _tile_mask(plan, q_block, k_block, rows, masked)
+      dq_part, dk_part, dv_part = blocks.gradient_step(q_tile, k_tile, v_tile, do_tile, lse_tile, delta_tile,
+                                                       plan.scale, mask)
+      start = k_block * plan.block_k
+      add = lambda total, part: jax.lax.dynamic_update_slice_in_dim(
+          total, _rows(total, start, plan.block_k) + part, start, axis=0)
+      return dq + dq_part, add(dk, dk_part), add(dv, dv_part)
+
+    dq = jnp.zeros((rows, head_dim), jnp.float32)
+    dq, dk, dv = masks.visit_blocks(masks.key_block_range(plan, q_block), masks.interior_key_range(plan, q_block),
+                                    visit, (dq, *kv_grads))
+    return (dk, dv), dq.reshape(groups, plan.block_q, head_dim)
+
+  zeros = jnp.zeros((plan.k_padded, head_dim), jnp.float32)
+  (dk, dv), dq = jax.lax.scan(query_tile, (zeros, zeros), jnp.arange(plan.num_q_blocks))
+  return jnp.moveaxis(dq, 0, 1).reshape(q.shape), dk, dv
 
 
 def forward(q, k, v, plan: masks.Plan, interpret: bool = False):
   del interpret
-  batch, kv_heads, _, head_dim = k.shape
-  groups = q.shape[1] // kv_heads
-  rows = groups * plan.block_q
-  q = q.reshape(batch, kv_heads, groups, plan.q_padded, head_dim)
-
-  def query_tile(q_block):
-    q_tile = _rows(q, q_block * plan.block_q, plan.block_q, 3).reshape(batch, kv_heads, rows, head_dim)
-
-    def visit(k_block, state, masked):
-      k_tile = _rows(k, k_block * plan.block_k, plan.block_k, 2)
-      v_tile = _rows(v, k_block * plan.block_k, plan.block_k, 2)
-      s = _per_head(functools.partial(blocks.scores, scale=plan.scale))(q_tile, k_tile)
-      mask = masks.block_mask(plan, q_block, k_block, rows) if masked else None
-      return _per_head(lambda st, s_, v_: blocks.forward_step(st, s_, v_, mask))(state, s, v_tile)
-
-    init = _per_head(lambda _: blocks.initial_state(rows, head_dim))(jnp.zeros((batch, kv_heads)))
-    state = masks.visit_blocks(masks.key_block_range(plan, q_block), masks.interior_key_range(plan, q_block),
-                               visit, init)
-    out, logsumexp = _per_head(blocks.forward_finish)(state)
-    return (out.reshape(batch, kv_heads, groups, plan.block_q, head_dim).astype(q.dtype),
-            logsumexp.reshape(batch, kv_heads, groups, plan.block_q))
-
-  out, logsumexp = jax.lax.map(query_tile, jnp.arange(plan.num_q_blocks))
-  out = jnp.moveaxis(out, 0, 3).reshape(batch, kv_heads * groups, plan.q_padded, head_dim)
-  logsumexp = jnp.moveaxis(logsumexp, 0, 3).reshape(batch, kv_heads * groups, plan.q_padded)
-  return out, logsumexp
+  kv_heads = k.shape[1]
+  out, logsumexp = _over_heads(lambda q_, k_, v_: _forward_head(q_, k_, v_, plan), _grouped(q, kv_heads), k, v)
+  return out.reshape(q.shape), logsumexp.reshape(q.shape[:3])
 
 
 def backward(q, k, v, out, logsumexp, d_out, d_logsumexp, plan: masks.Plan, interpret: bool = False):
   del interpret
-  batch, kv_heads, _, head_dim = k.shape
-  groups = q.shape[1] // kv_heads
-  rows = groups * plan.block_q
+  kv_heads = k.shape[1]
   delta = (jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
            - d_logsumexp.astype(jnp.float32))
-  grouped = lambda x: x.reshape(batch, kv_heads, groups, plan.q_padded, *x.shape[3:])
-  q_g, do_g, lse_g, delta_g = grouped(q), grouped(d_out), grouped(logsumexp), grouped(delta)
-
-  def query_rows(x, q_block):
-    tile = _rows(x, q_block * plan.block_q, plan.block_q, 3)
-    return tile.reshape(batch, kv_heads, rows, *x.shape[4:])
-
-  def key_block_grads(k_block):
-    k_tile = _rows(k, k_block * plan.block_k, plan.block_k, 2)
-    v_tile = _rows(v, k_block * plan.block_k, plan.block_k, 2)
-
-    def visit(q_block, grads, masked):
-      tiles = [query_rows(x, q_block) for x in (q_g, do_g, lse_g, delta_g)]
-      mask = masks.block_mask(plan, q_block, k_block, rows) if masked else None
-      return _per_head(lambda dk, dv, q_, do_, lse_, delta_, k_, v_: blocks.dkdv_step(
-          dk, dv, q_, k_, v_, do_, lse_, delta_, plan.scale, mask))(*grads, *tiles, k_tile, v_tile)
-
-    zeros = jnp.zeros((batch, kv_heads, plan.block_k, head_dim), jnp.float32)
-    return masks.visit_blocks(masks.query_block_range(plan, k_block), masks.interior_query_range(plan, k_block),
-                              visit, (zeros, zeros))
-
-  def query_tile_grad(q_block):
-    tiles = [query_rows(x, q_block) for x in (q_g, do_g, lse_g, delta_g)]
-
-    def visit(k_block, dq, masked):
-      k_tile = _rows(k, k_block * plan.block_k, plan.block_k, 2)
-      v_tile = _rows(v, k_block * plan.block_k, plan.block_k, 2)
-      mask = masks.block_mask(plan, q_block, k_block, rows) if masked else None
-      return _per_head(lambda dq_, q_, do_, lse_, delta_, k_, v_: blocks.dq_step(
-          dq_, q_, k_, v_, do_, lse_, delta_, plan.scale, mask))(dq, *tiles, k_tile, v_tile)
-
-    zeros = jnp.zeros((batch, kv_heads, rows, head_dim), jnp.float32)
-    dq = masks.visit_blocks(masks.key_block_range(plan, q_block), masks.interior_key_range(plan, q_block),
-                            visit, zeros)
-    return dq.reshape(batch, kv_heads, groups, plan.block_q, head_dim)
-
-  dk, dv = jax.lax.map(key_block_grads, jnp.arange(plan.num_k_blocks))
-  dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
-  dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
-  dq = jax.lax.map(query_tile_grad, jnp.arange(plan.num_q_blocks))
-  dq = jnp.moveaxis(dq, 0, 3).reshape(q.shape)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  grouped = [_grouped(x, kv_heads) for x in (q, d_out, logsumexp, delta)]
+  dq, dk, dv = _over_heads(lambda q_, k_, v_, do_, lse_, delta_: _backward_head(q_, k_, v_, do_, lse_, delta_, plan),
+                           grouped[0], k, v, *grouped[1:])
+  return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
