@@ -110,11 +110,7 @@ def load_example(item: tuple[str, str, list[int]], *, sample_rate: int) -> dict 
   return {"audio": builders.to_int16(waveform), "labels": labels, "id": file}
 
 
-@dataclasses.dataclass(eq=False)
-class AudioFolderConfig(tfds.core.BuilderConfig):
-  """sample_rate: the rate clips are stored at."""
-
-  sample_rate: int = 16000
+AudioFolderConfig = builders.SampleRateConfig  # sample_rate: the rate clips are stored at.
 
 
 class AudioFolder(builders.ReportingBuilder, skip_registration=True):
@@ -156,6 +152,16 @@ class AudioFolder(builders.ReportingBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the files are local
+    load = functools.partial(load_example, sample_rate=self.builder_config.sample_rate)
+    # A split with no row, or no usable file, is left out: tfds cannot write an empty one.
+    return self.file_split_generators(
+        self._split_items(), load, num_workers=self.num_workers,
+        nothing_usable=f"{self.folder}: no usable audio file",
+        hint=f"check the files {LABELS_FILE} lists",
+    )
+
+  def _split_items(self) -> list[tuple[str, list[tuple[str, tuple]]]]:
+    """(split, [(key, (path, file, label indices))]) per split; unusable rows are skipped."""
     rows_by_split = {split: [] for split in builders.SPLITS}
     seen = set()
     for row in self.rows:
@@ -172,26 +178,12 @@ class AudioFolder(builders.ReportingBuilder, skip_registration=True):
           f" list files under the header '{EXPECTED_HEADER}'"
       )
     label_index = {name: i for i, name in enumerate(folder_class_names(self.rows))}
-    load = functools.partial(load_example, sample_rate=self.builder_config.sample_rate)
-    generators = {}
-    # A split with no row, or no usable file, is left out: tfds cannot write an empty one.
-    for split, rows in rows_by_split.items():
-      items = [
-          (row.file, (os.path.join(self.folder, row.file), row.file,
-                      sorted(label_index[label] for label in row.labels)))
-          for row in rows
-      ]
-      examples = builders.split_examples(
-          self.build_report, split, items, load, num_workers=self.num_workers
-      )
-      if examples is not None:
-        generators[split] = self._generate_examples(examples)
-    if not generators:
-      raise DataError(
-          f"{self.folder}: no usable audio file ({self.build_report.skip_summary()});"
-          f" check the files {LABELS_FILE} lists"
-      )
-    return generators
+    return [
+        (split, [(row.file, (os.path.join(self.folder, row.file), row.file,
+                             sorted(label_index[label] for label in row.labels)))
+                 for row in rows])
+        for split, rows in rows_by_split.items()
+    ]
 
   def _generate_examples(self, examples):
     """Passes on what ``builders.split_examples`` made (tfds requires this method)."""

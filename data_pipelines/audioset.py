@@ -22,7 +22,6 @@ class_labels_indices.csv, are skipped and counted in the build report.
 
 import csv
 import dataclasses
-import functools
 import os
 from collections.abc import Iterable, Iterator
 
@@ -136,19 +135,11 @@ def find_audio(audio_paths: dict[str, str], ytid: str) -> str | None:
   return audio_paths.get(ytid) or audio_paths.get(f"Y{ytid}")
 
 
-@dataclasses.dataclass(eq=False)
-class AudiosetConfig(tfds.core.BuilderConfig):
-  """sample_rate: the rate clips are stored at."""
-
-  sample_rate: int = 16000
+AudiosetConfig = builders.SampleRateConfig  # sample_rate: the rate clips are stored at.
 
 
-class Audioset(builders.ReportingBuilder, skip_registration=True):
-  """AudioSet from ``manual_dir`` (see the module docstring for the layout).
-
-  Constructor kwargs besides tfds's: ``manual_dir`` (needed to build, and to know the class names
-  until the dataset is built) and ``num_workers`` (reading processes, default all cores).
-  """
+class Audioset(builders.ManualDirBuilder, skip_registration=True):
+  """AudioSet from ``manual_dir`` (layout: the module docstring; kwargs: ``ManualDirBuilder``)."""
 
   name = "audioset"
   VERSION = tfds.core.Version("1.0.0")
@@ -158,49 +149,23 @@ class Audioset(builders.ReportingBuilder, skip_registration=True):
       AudiosetConfig(name="16k", sample_rate=16000, description="Resampled to 16 kHz (AST)."),
       AudiosetConfig(name="32k", sample_rate=32000, description="Resampled to 32 kHz (PaSST)."),
   ]
+  HOMEPAGE = "https://research.google.com/audioset/"
+  DISPLAY_NAME = "AudioSet"
+  check_layout = staticmethod(check_layout)
+  load_example = staticmethod(load_example)
 
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
-               num_workers: int | None = None, **kwargs):
-    # Class names come from the manual directory; a built dataset remembers them instead.
-    if manual_dir is not None:
-      check_layout(os.fspath(manual_dir))
-    self.num_workers = num_workers or builders.default_num_workers()
-    super().__init__(manual_dir=manual_dir, **kwargs)
+  @staticmethod
+  def read_class_names(manual_dir: str) -> list[str]:
+    return [name for _, name in read_class_labels(manual_dir)]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    names = ([name for _, name in read_class_labels(self.manual_dir)]
-             if self.manual_dir is not None else None)
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builders.example_features(names),
-        metadata=tfds.core.MetadataDict(sample_rate=self.builder_config.sample_rate),
-        homepage="https://research.google.com/audioset/",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # the manual directory is known from the constructor
-    check_layout(self.manual_dir)
+  def split_items(self) -> Iterator[tuple[str, list[tuple[str, tuple]]]]:
     label_index = {mid: i for i, (mid, _) in enumerate(read_class_labels(self.manual_dir))}
     audio_paths = index_audio(os.path.join(self.manual_dir, AUDIO_DIR))
-    load = functools.partial(load_example, sample_rate=self.builder_config.sample_rate)
-    generators = {}
     for split, (csv_name, _) in SPLIT_CSVS.items():
       csv_path = os.path.join(self.manual_dir, csv_name)
       if not os.path.isfile(csv_path):  # only the optional unbalanced_train gets here
         continue
-      items = self._split_items(split, read_segments(csv_path), label_index, audio_paths)
-      examples = builders.split_examples(
-          self.build_report, split, items, load, num_workers=self.num_workers
-      )
-      if examples is not None:
-        generators[split] = self._generate_examples(examples)
-    if not generators:
-      raise DataError(
-          f"{self.manual_dir}: no usable AudioSet clip ({self.build_report.skip_summary()});"
-          f" {DOWNLOAD_HINT}"
-      )
-    return generators
+      yield split, self._split_items(split, read_segments(csv_path), label_index, audio_paths)
 
   def _split_items(self, split: str, rows: Iterable[tuple[int, str, Segment | None]],
                    label_index: dict[str, int], audio_paths: dict[str, str]) -> list[tuple[str, tuple]]:
@@ -224,7 +189,3 @@ class Audioset(builders.ReportingBuilder, skip_registration=True):
         labels = sorted(label_index[mid] for mid in segment.mids)
         items.append((segment.ytid, (path, segment.ytid, labels)))
     return items
-
-  def _generate_examples(self, examples):
-    """Passes on what ``builders.split_examples`` made (tfds requires this method)."""
-    yield from examples

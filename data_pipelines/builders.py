@@ -241,8 +241,9 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A GeneratorBasedBuilder that owns a ``BuildReport`` and prints and saves it after a build.
 
   Subclasses count skips through ``split_examples`` / ``record_results`` (or
-  ``self.build_report.skip``) while tfds runs their split generators.  ``manual_dir`` is kept
-  for ``prepare``; builders of real data read it.
+  ``self.build_report.skip``) while tfds runs their split generators; builders of files make
+  those with ``file_split_generators``.  ``manual_dir`` is kept for ``prepare``; builders of
+  real data read it.
   """
 
   @tfds.core.utils.classproperty
@@ -270,6 +271,37 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.build_report.written = {split: info.num_examples for split, info in self.info.splits.items()}
     self.build_report.write(self.data_dir)
     print(self.build_report.paragraph(), flush=True)
+
+  def file_split_generators(
+      self,
+      split_items: Iterable[tuple[str, list[tuple[str, Any]]]],
+      load: Callable[[Any], dict[str, Any] | Skip],
+      *,
+      num_workers: int,
+      nothing_usable: str,
+      hint: str,
+  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+    """``_split_generators``'s result for splits of files: ``split_examples`` of each split.
+
+    A split with no usable file is left out (tfds cannot write an empty one).  Each split's
+    examples go through ``self._generate_examples(examples)``, which passes them on.
+
+    Args:
+      split_items: (split, its keyed items for ``split_examples``) pairs; an iterator may make
+        each split's items (and count their skips) just before the split is loaded.
+      load: a module-level function returning the example or a ``Skip``.
+      num_workers: processes reading each split.
+      nothing_usable: what the DataError raised when no split has a usable file starts with.
+      hint: what that error ends with, after the skip summary.
+    """
+    generators = {}
+    for split, items in split_items:
+      examples = split_examples(self.build_report, split, items, load, num_workers=num_workers)
+      if examples is not None:
+        generators[split] = self._generate_examples(examples)
+    if not generators:
+      raise DataError(f"{nothing_usable} ({self.build_report.skip_summary()}); {hint}")
+    return generators
 
 
 class ProceduralBuilder(ReportingBuilder, skip_registration=True):
@@ -339,6 +371,75 @@ class ProceduralBuilder(ReportingBuilder, skip_registration=True):
     yield from record_results(self.build_report, split, ((f"{i:06d}", ex) for i, ex in enumerate(examples)))
 
 
+@dataclasses.dataclass(eq=False)
+class SampleRateConfig(tfds.core.BuilderConfig):
+  """sample_rate: the rate clips are stored at."""
+
+  sample_rate: int = 16000
+
+
+class ManualDirBuilder(ReportingBuilder, skip_registration=True):
+  """A dataset of audio files the user downloaded into ``manual_dir``, resampled at build time.
+
+  Constructor kwargs besides tfds's: ``manual_dir`` (needed to build, and to know the class names
+  until the dataset is built) and ``num_workers`` (reading processes, default all cores).  Builder
+  configs are ``SampleRateConfig``s.  The dataset's description is its module's docstring.
+
+  Subclasses set ``HOMEPAGE``, ``DISPLAY_NAME`` (as in "no usable FSD50K clip"),
+  ``MANUAL_DOWNLOAD_INSTRUCTIONS`` (also ending the errors about the directory) and these hooks:
+
+  * ``check_layout(manual_dir)``: raises DataError unless the directory holds what a build needs
+    (also when ``manual_dir`` is None); called by the constructor and before a build.
+  * ``read_class_names(manual_dir)``: the label names, in label-index order.
+  * ``load_example(item, *, sample_rate)``: a module-level function (worker processes pickle it)
+    returning an example or a ``Skip``.
+  * ``split_items()``: (split, [(key, item for load_example)]) for each split, counting the rows
+    it cannot use in ``self.build_report``; called after ``check_layout``.
+  """
+
+  HOMEPAGE: str
+  DISPLAY_NAME: str
+  check_layout: Callable[[str | None], None]
+  read_class_names: Callable[[str], list[str]]
+  load_example: Callable[..., dict[str, Any] | Skip]
+
+  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
+               num_workers: int | None = None, **kwargs):
+    # Class names come from the manual directory; a built dataset remembers them instead.
+    if manual_dir is not None:
+      self.check_layout(os.fspath(manual_dir))
+    self.num_workers = num_workers or default_num_workers()
+    super().__init__(manual_dir=manual_dir, **kwargs)
+
+  def split_items(self) -> Iterable[tuple[str, list[tuple[str, Any]]]]:
+    """(split, [(key, item for ``load_example``)]) for each split; see the class docstring."""
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    names = self.read_class_names(self.manual_dir) if self.manual_dir is not None else None
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=inspect.getmodule(type(self)).__doc__,
+        features=example_features(names),
+        metadata=tfds.core.MetadataDict(sample_rate=self.builder_config.sample_rate),
+        homepage=self.HOMEPAGE,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # the manual directory is known from the constructor
+    self.check_layout(self.manual_dir)
+    load = functools.partial(type(self).load_example, sample_rate=self.builder_config.sample_rate)
+    return self.file_split_generators(
+        self.split_items(), load, num_workers=self.num_workers,
+        nothing_usable=f"{self.manual_dir}: no usable {self.DISPLAY_NAME} clip",
+        hint=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
+    )
+
+  def _generate_examples(self, examples):
+    """Passes on what ``split_examples`` made (tfds requires this method)."""
+    yield from examples
+
+
 # The registry.
 
 
@@ -381,7 +482,7 @@ def get_builder(
     data_dir: where datasets are built; default ``$AFX_DATA_DIR`` or ``~/afx_data``.
       ``audio_folder`` builds in a subfolder named by a hash of its ``folder`` (see
       ``folder_data_dir``) so datasets from different folders do not collide.
-    manual_dir: the directory of downloaded real data (fsd50k).
+    manual_dir: the directory of downloaded real data (fsd50k, audioset, esc50).
     **builder_kwargs: passed to the builder (``split_sizes``, ``seed``, ``folder``, ...).
 
   Raises:

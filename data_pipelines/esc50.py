@@ -14,8 +14,8 @@ files, rows with another fold and repeated rows are skipped and counted in the b
 
 import csv
 import dataclasses
-import functools
 import os
+from collections.abc import Iterable
 
 import tensorflow_datasets as tfds
 
@@ -95,19 +95,11 @@ def class_names_by_target(clips: list[Clip], path: str) -> list[str]:
   return names
 
 
-@dataclasses.dataclass(eq=False)
-class Esc50Config(tfds.core.BuilderConfig):
-  """sample_rate: the rate clips are stored at."""
-
-  sample_rate: int = 16000
+Esc50Config = builders.SampleRateConfig  # sample_rate: the rate clips are stored at.
 
 
-class Esc50(builders.ReportingBuilder, skip_registration=True):
-  """ESC-50 from ``manual_dir`` (see the module docstring for the layout).
-
-  Constructor kwargs besides tfds's: ``manual_dir`` (needed to build, and to know the class names
-  until the dataset is built) and ``num_workers`` (reading processes, default all cores).
-  """
+class Esc50(builders.ManualDirBuilder, skip_registration=True):
+  """ESC-50 from ``manual_dir`` (layout: the module docstring; kwargs: ``ManualDirBuilder``)."""
 
   name = "esc50"
   VERSION = tfds.core.Version("1.0.0")
@@ -117,30 +109,16 @@ class Esc50(builders.ReportingBuilder, skip_registration=True):
       Esc50Config(name="16k", sample_rate=16000, description="Resampled to 16 kHz."),
       Esc50Config(name="32k", sample_rate=32000, description="Resampled to 32 kHz."),
   ]
+  HOMEPAGE = "https://github.com/karolpiczak/ESC-50"
+  DISPLAY_NAME = "ESC-50"
+  check_layout = staticmethod(check_layout)
+  load_example = staticmethod(load_example)
 
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
-               num_workers: int | None = None, **kwargs):
-    # Class names come from the manual directory; a built dataset remembers them instead.
-    if manual_dir is not None:
-      check_layout(os.fspath(manual_dir))
-    self.num_workers = num_workers or builders.default_num_workers()
-    super().__init__(manual_dir=manual_dir, **kwargs)
+  @staticmethod
+  def read_class_names(manual_dir: str) -> list[str]:
+    return class_names_by_target(read_clips(manual_dir), os.path.join(manual_dir, META_CSV))
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    names = None
-    if self.manual_dir is not None:
-      names = class_names_by_target(read_clips(self.manual_dir), os.path.join(self.manual_dir, META_CSV))
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builders.example_features(names),
-        metadata=tfds.core.MetadataDict(sample_rate=self.builder_config.sample_rate),
-        homepage="https://github.com/karolpiczak/ESC-50",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # the manual directory is known from the constructor
-    check_layout(self.manual_dir)
+  def split_items(self) -> Iterable[tuple[str, list[tuple[str, tuple]]]]:
     clips = read_clips(self.manual_dir)
     names = class_names_by_target(clips, os.path.join(self.manual_dir, META_CSV))
     label_index = {name: i for i, name in enumerate(names)}
@@ -157,21 +135,4 @@ class Esc50(builders.ReportingBuilder, skip_registration=True):
       seen.add(clip.filename)
       path = os.path.join(self.manual_dir, AUDIO_DIR, clip.filename)
       items_by_split[split].append((clip.filename, (path, clip.filename, [label_index[clip.category]])))
-    load = functools.partial(load_example, sample_rate=self.builder_config.sample_rate)
-    generators = {}
-    for split, items in items_by_split.items():
-      examples = builders.split_examples(
-          self.build_report, split, items, load, num_workers=self.num_workers
-      )
-      if examples is not None:
-        generators[split] = self._generate_examples(examples)
-    if not generators:
-      raise DataError(
-          f"{self.manual_dir}: no usable ESC-50 clip ({self.build_report.skip_summary()});"
-          f" {DOWNLOAD_HINT}"
-      )
-    return generators
-
-  def _generate_examples(self, examples):
-    """Passes on what ``builders.split_examples`` made (tfds requires this method)."""
-    yield from examples
+    return items_by_split.items()

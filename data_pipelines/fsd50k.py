@@ -16,9 +16,8 @@ and counted in the build report.
 """
 
 import csv
-import dataclasses
-import functools
 import os
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
@@ -95,19 +94,11 @@ def load_example(item: tuple[str, str, list[int]], *, sample_rate: int) -> dict 
   return {"audio": builders.to_int16(waveform), "labels": labels, "id": clip_id}
 
 
-@dataclasses.dataclass(eq=False)
-class Fsd50kConfig(tfds.core.BuilderConfig):
-  """sample_rate: the rate clips are stored at."""
-
-  sample_rate: int = 16000
+Fsd50kConfig = builders.SampleRateConfig  # sample_rate: the rate clips are stored at.
 
 
-class Fsd50k(builders.ReportingBuilder, skip_registration=True):
-  """FSD50K from ``manual_dir`` (see the module docstring for the layout).
-
-  Constructor kwargs besides tfds's: ``manual_dir`` (needed to build, and to know the class names
-  until the dataset is built) and ``num_workers`` (reading processes, default all cores).
-  """
+class Fsd50k(builders.ManualDirBuilder, skip_registration=True):
+  """FSD50K from ``manual_dir`` (layout: the module docstring; kwargs: ``ManualDirBuilder``)."""
 
   name = "fsd50k"
   VERSION = tfds.core.Version("1.0.0")
@@ -117,44 +108,16 @@ class Fsd50k(builders.ReportingBuilder, skip_registration=True):
       Fsd50kConfig(name="16k", sample_rate=16000, description="Resampled to 16 kHz."),
       Fsd50kConfig(name="44k", sample_rate=44100, description="The original 44.1 kHz."),
   ]
+  HOMEPAGE = "https://zenodo.org/records/4060432"
+  DISPLAY_NAME = "FSD50K"
+  check_layout = staticmethod(check_layout)
+  read_class_names = staticmethod(read_vocabulary)
+  load_example = staticmethod(load_example)
 
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
-               num_workers: int | None = None, **kwargs):
-    # Class names come from the manual directory; a built dataset remembers them instead.
-    if manual_dir is not None:
-      check_layout(os.fspath(manual_dir))
-    self.num_workers = num_workers or builders.default_num_workers()
-    super().__init__(manual_dir=manual_dir, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    names = read_vocabulary(self.manual_dir) if self.manual_dir is not None else None
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builders.example_features(names),
-        metadata=tfds.core.MetadataDict(sample_rate=self.builder_config.sample_rate),
-        homepage="https://zenodo.org/records/4060432",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # the manual directory is known from the constructor
-    check_layout(self.manual_dir)
+  def split_items(self) -> Iterator[tuple[str, list[tuple[str, tuple]]]]:
     label_index = {name: i for i, name in enumerate(read_vocabulary(self.manual_dir))}
-    load = functools.partial(load_example, sample_rate=self.builder_config.sample_rate)
-    generators = {}
     for split in SPLIT_SOURCES:
-      examples = builders.split_examples(
-          self.build_report, split, self._split_items(split, label_index), load,
-          num_workers=self.num_workers,
-      )
-      if examples is not None:
-        generators[split] = self._generate_examples(examples)
-    if not generators:
-      raise DataError(
-          f"{self.manual_dir}: no usable FSD50K clip ({self.build_report.skip_summary()});"
-          f" {DOWNLOAD_HINT}"
-      )
-    return generators
+      yield split, self._split_items(split, label_index)
 
   def _split_items(self, split: str, label_index: dict[str, int]) -> list[tuple[str, tuple]]:
     """(key, (path, id, label indices)) of a split's rows; rows that cannot be used are skipped."""
@@ -174,7 +137,3 @@ class Fsd50k(builders.ReportingBuilder, skip_registration=True):
         path = os.path.join(self.manual_dir, audio_dir, file_name)
         items.append((fname, (path, fname, sorted(label_index[name] for name in names))))
     return items
-
-  def _generate_examples(self, examples):
-    """Passes on what ``builders.split_examples`` made (tfds requires this method)."""
-    yield from examples
