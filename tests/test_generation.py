@@ -11,6 +11,7 @@ import wave
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from afx.models import RawTransformer, WaveNet, build_model, parameter_count
@@ -69,11 +70,25 @@ def _codes(batch, length, seed=0):
   return jax.random.randint(jax.random.key(seed), (batch, length), 0, 256)
 
 
+def _with_nonzero_latent(variables, seed=7):
+  """The conditioning latent's Dense starts at zero; give it random weights (LeCun-normal kernel, a
+  small bias) so tests of how the latent reaches the predictions see a non-zero one."""
+  params = variables["params"]
+  dense = params["past_encoder"]["Dense_0"]
+  k_kernel, k_bias = jax.random.split(jax.random.key(seed))
+  fan_in = dense["kernel"].shape[0]
+  dense = {"kernel": jax.random.normal(k_kernel, dense["kernel"].shape) / math.sqrt(fan_in),
+           "bias": 0.1 * jax.random.normal(k_bias, dense["bias"].shape)}
+  return {**variables, "params": {**params, "past_encoder": {**params["past_encoder"], "Dense_0": dense}}}
+
+
 @pytest.mark.parametrize("past", [0, 256])
 def test_raw_transformer_is_causal(past):
   model = RawTransformer(**SMALL, past_samples=past, condition_layers=4, condition_channels=8)
   codes = _codes(2, past + 32)
   variables = model.init(jax.random.key(1), codes, train=False)
+  if past:
+    variables = _with_nonzero_latent(variables)
   logits = model.apply(variables, codes, train=False)
   assert logits.shape == (2, 32, 256) and logits.dtype == jnp.float32
   t = 20
@@ -83,6 +98,42 @@ def test_raw_transformer_is_causal(past):
   if past:  # the wider past reaches every position, through the conditioning latent only
     moved = model.apply(variables, codes.at[:, 3].set((codes[:, 3] + 50) % 256), train=False)
     assert np.all(np.abs(np.asarray(moved - logits)).max(axis=-1) > 0)
+
+
+def test_conditioning_starts_switched_off_and_one_optimiser_step_switches_it_on():
+  past = 256
+  model = RawTransformer(**SMALL, past_samples=past, condition_layers=4, condition_channels=8)
+  codes = _codes(4, past + 32)
+  other_past = codes.at[:, :past].set(_codes(4, past, seed=5))
+  variables = jax.jit(lambda key: model.init(key, codes, train=False))(jax.random.key(1))
+  apply = jax.jit(lambda variables, codes: model.apply(variables, codes, train=False))
+  logits = apply(variables, codes)
+  # at initialisation the past codes change nothing ...
+  np.testing.assert_array_equal(np.asarray(apply(variables, other_past)), np.asarray(logits))
+  # ... and the model is the unconditioned one with the same other parameters
+  plain = RawTransformer(**SMALL)
+  rest = {name: tree for name, tree in variables["params"].items() if name != "past_encoder"}
+  plain_logits = jax.jit(lambda params, codes: plain.apply({"params": params}, codes, train=False))
+  np.testing.assert_allclose(np.asarray(plain_logits(rest, codes[:, past:])), np.asarray(logits),
+                             atol=1e-5)  # two compiled programs
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, codes, train=False)[:, :-1]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, codes[:, past + 1:]).mean()
+
+  optimizer = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params):
+    grads = jax.grad(loss_fn)(params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return grads, optax.apply_updates(params, updates)
+
+  grads, params = step(variables["params"])
+  assert np.abs(np.asarray(grads["past_encoder"]["Dense_0"]["kernel"])).max() > 0  # not a dead branch
+  trained = {"params": params}
+  logits, moved = np.asarray(apply(trained, codes)), np.asarray(apply(trained, other_past))
+  assert np.all(np.abs(moved - logits).max(axis=-1) > 1e-5)  # every position now hears the past
 
 
 def _decode_all(model, variables, codes):
@@ -106,11 +157,14 @@ def test_conditioned_transformer_decodes_in_blocks_conditioned_on_the_past_befor
   past, context = 256, 32
   model = RawTransformer(**SMALL, past_samples=past, condition_layers=4, condition_channels=8)
   codes = _codes(2, 80)
-  variables = model.init(jax.random.key(1), _codes(1, past + context), train=False)
+  fresh = model.init(jax.random.key(1), _codes(1, past + context), train=False)
+  variables = _with_nonzero_latent(fresh)  # a zero latent would leave the conditioning path untested
   padded = jnp.concatenate([jnp.full((2, past), 128), codes], axis=1)  # silence before the start
   blocks = [model.apply(variables, padded[:, k * context:k * context + past + context], train=False)
             for k in range(3)]
   uncached = np.concatenate([np.asarray(b) for b in blocks], axis=1)[:, :80]
+  unconditioned = np.asarray(model.apply(fresh, padded[:, :past + context], train=False))
+  assert np.all(np.abs(uncached[:, :context] - unconditioned).max(axis=-1) > 1e-3)  # the latent matters
   np.testing.assert_allclose(_decode_all(model, variables, codes), uncached, atol=2e-5)
 
 

@@ -9,8 +9,10 @@ whose `hidden` states a linear probe reads.
 Conditioned variant (`past_samples > 0`): the input is `past_samples + n` codes; a strided CNN
 summarises the first `past_samples` (250 ms by default in the experiments) into one latent added to
 every one of the last `n` positions' embeddings, so each prediction sees the wider past only as
-that summary.  Generation then proceeds in blocks of `context_samples`: each block starts a fresh
-attention context conditioned on the `past_samples` before it, exactly as in training.
+that summary.  The summary's last Dense starts at zero, so at initialisation the conditioned model
+computes exactly what the unconditioned one with the same other parameters does.  Generation then
+proceeds in blocks of `context_samples`: each block starts a fresh attention context conditioned on
+the `past_samples` before it, exactly as in training.
 """
 
 import flax.linen as nn
@@ -22,7 +24,8 @@ from afx.layers.transformer import TransformerBlock
 
 
 class PastEncoder(nn.Module):
-  """Codes `[batch, past]` → latent `[batch, features]`: embedding, strided convs, mean over time."""
+  """Codes `[batch, past]` → latent `[batch, features]`: embedding, strided convs, mean over time,
+  LayerNorm, and a zero-initialised Dense (so the latent is 0 until training moves it)."""
   num_classes: int
   features: int
   channels: int = 128
@@ -34,7 +37,11 @@ class PastEncoder(nn.Module):
     x = nn.Embed(self.num_classes, self.channels, name="embed")(codes).astype(self.dtype)
     for _ in range(self.num_layers):
       x = nn.gelu(nn.Conv(self.channels, (4,), strides=(2,), padding="VALID", dtype=self.dtype)(x))
-    return nn.Dense(self.features, dtype=self.dtype)(nn.LayerNorm()(x.mean(axis=1)))
+    # Zero-initialised (kernel and bias), like a residual branch: a fresh conditioned model predicts
+    # exactly as the unconditioned one, and the summary's contribution grows from zero in training
+    # instead of starting as noise added to every embedding.
+    return nn.Dense(self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros)(nn.LayerNorm()(x.mean(axis=1)))
 
 
 class RawTransformer(nn.Module):
