@@ -53,6 +53,13 @@ def test_a_config_that_does_not_fit_the_checkpoint_changes_nothing_in_the_workdi
   assert {name: open(os.path.join(trained_workdir, name)).read() for name in before} == before
 
 
+def test_rerunning_a_finished_run_returns_its_results_and_keeps_its_config(tiny_config_path, trained_workdir):
+  before = {name: open(os.path.join(trained_workdir, name)).read() for name in ("config.json", "eval.json")}
+  config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["data.eval_hop_seconds=0.25"])
+  assert train(config, trained_workdir) == json.loads(before["eval.json"])
+  assert {name: open(os.path.join(trained_workdir, name)).read() for name in before} == before
+
+
 @pytest.mark.parametrize("attention_impl", ["xla", "blockwise"])  # blockwise runs under shard_map
 def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path, attention_impl):
   # SGD, because Adam turns rounding noise in near-zero gradients into full-size steps.

@@ -303,15 +303,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       checkpoints.restore(latest, run.abstract_state, train_iter)
   if latest is None and config.get("init_from"):  # a resumed run's checkpoint already holds the imported weights
     state = init_from_timm(run, state, config.init_from)
+  eval_path = os.path.join(workdir, "eval.json")
+  if start >= config.total_steps and os.path.exists(eval_path):  # finished: its config.json describes it
+    checkpoints.close()
+    with open(eval_path) as f:
+      return json.load(f)
   # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
   write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
   write_json(os.path.join(workdir, "dataset.json"),
               {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
-  eval_path = os.path.join(workdir, "eval.json")
-  if start >= config.total_steps and os.path.exists(eval_path):
-    checkpoints.close()
-    with open(eval_path) as f:
-      return json.load(f)
 
   writer = MetricWriter(workdir, resume_step=start)
   last_saved = start or None
