@@ -191,7 +191,7 @@ def test_default_on_cpu_is_blockwise_at_every_length():
 def test_default_blocks_on_cpu_hold_a_short_sequence_in_one_key_block():
   assert default_blocks("blockwise", 1214, 1214, 64) == (128, 1216)
   assert default_blocks("blockwise", 40, 40, 64) == (40, 40)
-  assert default_blocks("blockwise", 8192, 8192, 64) == (128, 512)
+  assert default_blocks("blockwise", 8192, 8192, 64) == (512, 512)
 
 
 def test_kernels_off_their_hardware_need_interpret_mode():
