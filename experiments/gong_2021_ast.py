@@ -68,6 +68,8 @@ come from the authors' repository, github.com/YuanGongND/ast, as read, not from 
 
 import ml_collections
 
+from afx.train.config import table_variant
+
 TITLE = "Gong, Chung & Glass 2021: AST, Audio Spectrogram Transformer (AudioSet mAP, ESC-50 accuracy)"
 METRIC = "mAP"
 FOLDS = tuple(range(1, 6))
@@ -116,13 +118,7 @@ def _kind(row: str) -> str:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  row, _, scale = (variant or "audioset_balanced").partition(",")
-  if row not in ROWS or "mean_of" in ROWS[row]:
-    trained = [name for name, info in ROWS.items() if "mean_of" not in info]
-    raise KeyError(f"unknown row {row!r}; rows are {', '.join(trained)}")
-  if scale not in ("", "tiny"):
-    raise ValueError(f"unknown scale {scale!r}; use ROW or ROW,tiny")
-  tiny = scale == "tiny"
+  row, tiny = table_variant(variant, ROWS, "audioset_balanced")
   kind = _kind(row)
   fold = int(row.removeprefix("esc50_fold")) if kind == "esc50" else None
   run = dict(batch_size=32, total_steps=500, learning_rate=1e-3, warmup_steps=50) if tiny else {}

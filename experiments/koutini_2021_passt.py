@@ -80,6 +80,8 @@ the authors' repository, github.com/kkoutini/PaSST, as read, not from the paper'
 
 import ml_collections
 
+from afx.train.config import table_variant
+
 TITLE = "Koutini et al. 2021: PaSST, patchout spectrogram transformers (AudioSet mAP, downstream)"
 METRIC = "mAP"
 FOLDS = tuple(range(1, 6))
@@ -145,13 +147,7 @@ def _kind(row: str) -> str:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  row, _, scale = (variant or "passt_s").partition(",")
-  if row not in ROWS or "mean_of" in ROWS[row]:
-    trained = [name for name, info in ROWS.items() if "mean_of" not in info]
-    raise KeyError(f"unknown row {row!r}; rows are {', '.join(trained)}")
-  if scale not in ("", "tiny"):
-    raise ValueError(f"unknown scale {scale!r}; use ROW or ROW,tiny")
-  tiny = scale == "tiny"
+  row, tiny = table_variant(variant, ROWS, "passt_s")
   kind = _kind(row)
   fold = int(row.removeprefix("esc50_fold")) if kind == "esc50" else None
   run = dict(total_steps=500, learning_rate=1e-3, warmup_steps=50, schedule="cosine") if tiny else {}

@@ -119,3 +119,14 @@ def from_json(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"{path} does not exist; is the --workdir one that `run.py train` wrote?") from None
   except json.JSONDecodeError as error:
     raise ConfigError(f"{path} is not valid JSON ({error}); rerun `run.py train` to rewrite it") from None
+
+
+def table_variant(variant: str | None, rows: dict, default: str) -> tuple[str, bool]:
+  """`(row, tiny)` of an experiment variant `ROW` or `ROW,tiny`; `mean_of` rows train nothing, so they have none."""
+  row, _, scale = (variant or default).partition(",")
+  if row not in rows or "mean_of" in rows[row]:
+    trained = [name for name, info in rows.items() if "mean_of" not in info]
+    raise KeyError(f"unknown row {row!r}; rows are {', '.join(trained)}")
+  if scale not in ("", "tiny"):
+    raise ValueError(f"unknown scale {scale!r}; use ROW or ROW,tiny")
+  return row, scale == "tiny"
