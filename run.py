@@ -80,6 +80,8 @@ def main(argv: list[str]) -> int:
     _Parser(prog=f"run.py {args.command}").error(f"{args.command} takes no --config.KEY=VALUE overrides")
 
   from afx.errors import NonFiniteLossError, UserError
+  from afx.host_memory import keep_freed_host_memory
+  keep_freed_host_memory()  # before JAX starts its backend threads
   try:
     if args.command == "launch":
       from afx.train.launch import launch, launch_command

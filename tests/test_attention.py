@@ -188,8 +188,10 @@ def test_default_on_cpu_is_blockwise_at_every_length():
   assert default_implementation(40, 40, None) == "blockwise"
 
 
-def test_default_blocks_on_cpu_hold_a_short_sequence_in_one_key_block():
-  assert default_blocks("blockwise", 1214, 1214, 64) == (128, 1216)
+def test_default_blocks_on_cpu_hold_a_short_sequence_in_one_unpadded_key_block():
+  # AST's 1,214 tokens: no padded keys (so no element mask), 10 query tiles with 6 padded rows
+  assert default_blocks("blockwise", 1214, 1214, 64) == (122, 1214)
+  assert default_blocks("blockwise", 1024, 1024, 64) == (128, 1024)
   assert default_blocks("blockwise", 40, 40, 64) == (40, 40)
   assert default_blocks("blockwise", 8192, 8192, 64) == (512, 512)
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from benchmark_common import available_bytes, machine, run_worker, write_result
 
+from afx.host_memory import keep_freed_host_memory
+
 BATCH, HEADS = 1, 8
 WINDOW = 1024
 IMPLEMENTATIONS = {"cpu": ("xla", "blockwise"), "gpu": ("xla", "cudnn", "blockwise", "pallas_gpu"),
@@ -154,6 +156,7 @@ def main() -> None:
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
+    keep_freed_host_memory()  # as run.py does
     print(json.dumps(measure(json.loads(args.worker))))
     return
 

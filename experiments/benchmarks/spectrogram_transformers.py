@@ -23,6 +23,8 @@ import time
 
 from benchmark_common import machine, run_worker, write_result
 
+from afx.host_memory import keep_freed_host_memory
+
 CLASSES = 527
 PATCHOUT = {"time_patchout": 40, "frequency_patchout": 4}
 MODELS = {
@@ -151,6 +153,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.worker:
     spec = json.loads(args.worker)
+    if spec["framework"] == "jax":
+      keep_freed_host_memory()  # as run.py does; PyTorch runs as its users run it
     print(json.dumps(measure_jax(spec) if spec["framework"] == "jax" else measure_torch(spec)))
     return
 

@@ -56,10 +56,12 @@ def default_blocks(implementation: str, q_len: int, k_len: int, head_dim: int) -
   if implementation == "pallas_gpu":  # Triton blocks are powers of two
     pow2 = lambda n: max(16, 1 << (n - 1).bit_length())
     return min(128, pow2(q_len)), min(64 if head_dim > 64 else 128, pow2(k_len))
-  # blockwise (CPU): 128-row query tiles against all keys of a short sequence; 512×512 blocks for long
-  # ones, where causal and window masks skip whole blocks (measured best at 1,214 and 8,192 tokens).
+  # blockwise (CPU): a short sequence's keys form one unpadded block, so unmasked attention needs no
+  # element mask, against query tiles of at most 128 rows split evenly (the least padding); long
+  # sequences use 512×512 blocks, where causal and window masks skip whole blocks (measured best at
+  # 1,214 and 8,192 tokens).
   if k_len <= LONG_SEQUENCE:
-    return min(128, round_up(q_len, 8)), round_up(k_len, 8)
+    return -(-q_len // -(-q_len // 128)), k_len
   return min(512, round_up(q_len, 8)), 512
 
 
