@@ -10,10 +10,6 @@ os.environ.setdefault("TFDS_DISABLE_PROGRESS_BAR", "1")
 
 import pytest
 
-from afx.host_memory import keep_freed_host_memory
-
-keep_freed_host_memory()  # as run.py does, before JAX starts
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_SIZES = {"train": 96, "validation": 16, "test": 32}
 
