@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-from afx.host_memory import keep_freed_host_memory
-
 FAULTS_PER_CALL = r"""
 import json, resource, sys
 from afx.host_memory import keep_freed_host_memory
@@ -36,7 +34,3 @@ def test_kept_memory_serves_the_next_execution_without_page_faults():
   temporaries_pages = 64 * 2**20 / 4096
   assert _faults_per_call("default") > 0.5 * temporaries_pages  # the problem is real here
   assert _faults_per_call("keep") < 0.05 * temporaries_pages
-
-
-def test_it_is_applied_once_and_reports_success():
-  assert keep_freed_host_memory() is keep_freed_host_memory()

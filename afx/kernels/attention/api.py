@@ -61,7 +61,8 @@ def default_blocks(implementation: str, q_len: int, k_len: int, head_dim: int) -
   # sequences use 512×512 blocks, where causal and window masks skip whole blocks (measured best at
   # 1,214 and 8,192 tokens).
   if k_len <= LONG_SEQUENCE:
-    return -(-q_len // -(-q_len // 128)), k_len
+    tiles = -(-q_len // 128)
+    return -(-q_len // tiles), k_len
   return min(512, round_up(q_len, 8)), 512
 
 
