@@ -81,7 +81,9 @@ def main(argv: list[str]) -> int:
 
   from afx.errors import NonFiniteLossError, UserError
   from afx.host_memory import keep_freed_host_memory
-  keep_freed_host_memory()  # before JAX starts its backend threads
+  from afx.xla_flags import add_cpu_compiler_flags
+  keep_freed_host_memory()  # both before JAX starts its backend
+  add_cpu_compiler_flags()
   try:
     if args.command == "launch":
       from afx.train.launch import launch, launch_command

@@ -6,6 +6,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from afx.xla_flags import add_cpu_compiler_flags  # noqa: E402  (before any JAX backend starts)
+
+add_cpu_compiler_flags()
 os.environ.setdefault("TFDS_DISABLE_PROGRESS_BAR", "1")
 
 import pytest

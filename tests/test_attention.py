@@ -66,6 +66,14 @@ def test_outputs_logsumexp_and_gradients_match_the_dense_reference(implementatio
     assert max_error(got, want) < grad_tol
 
 
+@pytest.mark.parametrize("causal,window", [(True, None), (True, 5), (False, None)])
+def test_xla_aligns_fewer_queries_to_the_end_of_the_keys_as_in_cached_decoding(causal, window):
+  q, k, v = bf16_rounded_inputs(2, 3, 4, 2, 64, jnp.float32, k_seq=17)
+  got = dot_product_attention(q, k, v, causal=causal, window=window, implementation="xla")
+  want = dot_product_attention(q, k, v, causal=causal, window=window, implementation="reference")
+  assert max_error(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("implementation", BLOCKED)
 def test_queries_that_see_no_key_give_zeros_and_finite_gradients(implementation):
   # 300 queries aligned to the end of 100 keys: the first 200 see nothing.
@@ -182,10 +190,12 @@ def test_tpu_kernel_under_the_tpu_interpreter_matches_the_reference():
     assert max_error(got, want) < 1e-4
 
 
-def test_default_on_cpu_is_blockwise_at_every_length():
-  assert default_implementation(16384, 16384, None) == "blockwise"
-  assert default_implementation(8192, 8192, 1024) == "blockwise"
-  assert default_implementation(40, 40, None) == "blockwise"
+def test_default_on_cpu_is_dense_for_short_sequences_and_blockwise_for_long_ones():
+  assert default_implementation(16384, 16384) == "blockwise"
+  assert default_implementation(8192, 8192, window=1024) == "blockwise"
+  assert default_implementation(1214, 1214) == "blockwise"  # AST's tokens, no mask
+  assert default_implementation(1024, 1024, causal=True) == "xla"  # one key block: the mask skips nothing
+  assert default_implementation(40, 40) == "xla"
 
 
 def test_default_blocks_on_cpu_hold_a_short_sequence_in_one_unpadded_key_block():

@@ -38,15 +38,12 @@ def _gaussian_kernels(sigmas, radius: int):
   return jnp.where(positive, gaussian, (offsets == 0).astype(jnp.float32))
 
 
-def _convolve_axis(x, kernels, axis: int):
-  """'same' convolution of each example of `x` along `axis` with its own kernel, edge-padded."""
+def _blur_matrices(kernels, length: int):
+  """`[batch, length, length]`: row i holds each example's kernel taps at the clamped positions
+  i - radius … i + radius, so a product with it is a 'same' convolution with edge padding."""
   radius = (kernels.shape[-1] - 1) // 2
-  padding = [(0, 0)] * x.ndim
-  padding[axis] = (radius, radius)
-  padded = jnp.pad(x, padding, mode="edge")
-  weight_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-  return sum(kernels[:, k].reshape(weight_shape) * jax.lax.slice_in_dim(padded, k, k + x.shape[axis], axis=axis)
-             for k in range(kernels.shape[-1]))
+  sources = jnp.clip(jnp.arange(length)[:, None] + jnp.arange(-radius, radius + 1)[None, :], 0, length - 1)
+  return jnp.einsum("ikj,bk->bij", jax.nn.one_hot(sources, length, dtype=jnp.float32), kernels)
 
 
 def gaussian_blur(x, sigma_time, sigma_freq, *, radius: int):
@@ -55,10 +52,14 @@ def gaussian_blur(x, sigma_time, sigma_freq, *, radius: int):
   Sigmas are scalars or `[batch]` arrays; kernels reach `radius` bins each way and borders repeat
   the edge value (scipy.ndimage's mode 'nearest').  A sigma of 0 leaves its axis unchanged.
   """
-  batch = x.shape[0]
-  out = x.astype(jnp.float32)
-  out = _convolve_axis(out, _gaussian_kernels(jnp.broadcast_to(sigma_time, (batch,)), radius), axis=1)
-  out = _convolve_axis(out, _gaussian_kernels(jnp.broadcast_to(sigma_freq, (batch,)), radius), axis=2)
+  # As two batched matrix products: summing shifted slices instead lets XLA fuse the time pass into
+  # the frequency pass and recompute it for every tap (≈10× slower on CPU).
+  batch, frames, mels = x.shape
+  time_matrices = _blur_matrices(_gaussian_kernels(jnp.broadcast_to(sigma_time, (batch,)), radius), frames)
+  freq_matrices = _blur_matrices(_gaussian_kernels(jnp.broadcast_to(sigma_freq, (batch,)), radius), mels)
+  highest = jax.lax.Precision.HIGHEST
+  out = jnp.einsum("bij,bjm->bim", time_matrices, x.astype(jnp.float32), precision=highest)
+  out = jnp.einsum("bim,bnm->bin", out, freq_matrices, precision=highest)
   return out.astype(x.dtype)
 
 

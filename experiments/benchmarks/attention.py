@@ -24,6 +24,7 @@ import numpy as np
 from benchmark_common import available_bytes, machine, run_worker, write_result
 
 from afx.host_memory import keep_freed_host_memory
+from afx.xla_flags import add_cpu_compiler_flags
 
 BATCH, HEADS = 1, 8
 WINDOW = 1024
@@ -157,6 +158,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.worker:
     keep_freed_host_memory()  # as run.py does
+    add_cpu_compiler_flags()
     print(json.dumps(measure(json.loads(args.worker))))
     return
 
