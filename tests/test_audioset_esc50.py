@@ -10,6 +10,7 @@ import pytest
 import data_pipelines as dp
 from afx.audio.io import write_audio
 from afx.errors import DataError
+from afx.train import data as afx_data
 from afx.train.data import open_dataset
 
 
@@ -220,3 +221,20 @@ def test_esc50_missing_meta_csv(tmp_path):
   message = _one_line_error(lambda: dp.get_builder("esc50", data_dir=tmp_path, manual_dir=root),
                             "esc50.csv")
   assert str(root / "meta" / "esc50.csv") in message and "ESC-50" in message
+
+
+def test_small_splits_are_decoded_once_and_then_served_from_memory(esc50_16k, fake_esc50, monkeypatch):
+  _, data_dir = esc50_16k
+  data = ml_collections.ConfigDict({"name": "esc50/16k", "data_dir": str(data_dir),
+                                    "manual_dir": str(fake_esc50)})
+  dataset = open_dataset(data)
+  source = dataset.source("fold2")
+  assert isinstance(source, afx_data.InMemorySource)
+  stored = dataset.builder.as_data_source(split="fold2")
+  first = [source[i] for i in range(len(source))]
+  for got, want in zip(first, stored):
+    assert bytes(got["id"]) == bytes(want["id"]) and np.array_equal(got["audio"], want["audio"])
+  assert open_dataset(data).source("fold2") is source  # later runs in this process share it
+  assert all(source[i] is first[i] for i in range(len(source)))  # not decoded again
+  monkeypatch.setattr(afx_data, "IN_MEMORY_BYTES", 0)  # a split too large to keep: read from disk
+  assert not isinstance(dataset.source("fold3"), afx_data.InMemorySource)
