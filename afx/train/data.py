@@ -16,7 +16,7 @@ def split_names(split: str) -> list[str]:
 
 
 IN_MEMORY_BYTES = 2**30  # splits stored in at most this many bytes are kept in memory once decoded
-_in_memory_sources: dict[tuple[str, str], "InMemorySource"] = {}
+_in_memory_sources: dict[tuple[str, int, str], "InMemorySource"] = {}  # (info file, its mtime, split)
 
 
 class InMemorySource:
