@@ -24,6 +24,11 @@ def multi_hot(label_ids, num_classes: int) -> np.ndarray:
   return targets
 
 
+def real_samples(audio: np.ndarray, length: int) -> np.int32:
+  """How many samples of a `length`-sample window of `audio` are audio rather than zero padding."""
+  return np.int32(min(audio.shape[0], length))
+
+
 def crop_or_pad(audio: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
   """A `length`-sample window: a random one when `rng` is given (else the first), zero-padded at the end."""
   if audio.shape[0] > length:
@@ -50,10 +55,12 @@ def process_shard(num_records: int, process_index: int, process_count: int) -> r
 def train_dataset(source: Sequence, *, clip_samples: int, num_classes: int, local_batch_size: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   num_threads: int = 4, prefetch: int = 2) -> grain.IterDataset:
-  """Endless batches `{"audio": float32[b, clip_samples], "targets": float32[b, classes]}` for one process."""
+  """Endless batches `{"audio": float32[b, clip_samples], "samples": int32[b], "targets": float32[b, classes]}`
+  for one process; `samples` counts each row's samples of audio before its zero padding."""
 
   def to_example(record, rng):
-    return {"audio": crop_or_pad(waveform(record), clip_samples, rng),
+    audio = waveform(record)
+    return {"audio": crop_or_pad(audio, clip_samples, rng), "samples": real_samples(audio, clip_samples),
             "targets": multi_hot(record["labels"], num_classes)}
 
   shard = process_shard(len(source), process_index, process_count)
@@ -71,11 +78,11 @@ def eval_batches(source: Sequence, *, clip_samples: int, hop_samples: int, num_c
                  num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Batches of sliding windows over this process's clips.
 
-  Each batch is `{"audio": [b, clip_samples], "clip": int32[b], "targets": [b, classes]}`; padding
-  rows have `clip == -1`.  `num_batches` pads the stream with empty batches so that every process
-  runs the same number of steps (see `count_eval_batches`).
+  Each batch is `{"audio": [b, clip_samples], "samples": int32[b], "clip": int32[b], "targets": [b, classes]}`
+  (`samples` as in `train_dataset`); padding rows have `clip == -1` and no samples.  `num_batches` pads the
+  stream with empty batches so that every process runs the same number of steps (see `count_eval_batches`).
   """
-  rows = {"audio": [], "clip": [], "targets": []}
+  rows = {"audio": [], "samples": [], "clip": [], "targets": []}
   emitted = 0
 
   def flush():
@@ -83,6 +90,7 @@ def eval_batches(source: Sequence, *, clip_samples: int, hop_samples: int, num_c
     batch = {
         "audio": np.concatenate([np.stack(rows["audio"]) if rows["audio"] else np.zeros((0, clip_samples), np.float32),
                                  np.zeros((pad, clip_samples), np.float32)]),
+        "samples": np.asarray(rows["samples"] + [0] * pad, np.int32),
         "clip": np.asarray(rows["clip"] + [-1] * pad, np.int32),
         "targets": np.concatenate([np.stack(rows["targets"]) if rows["targets"] else np.zeros((0, num_classes), np.float32),
                                    np.zeros((pad, num_classes), np.float32)]),
@@ -94,8 +102,10 @@ def eval_batches(source: Sequence, *, clip_samples: int, hop_samples: int, num_c
   for clip in process_shard(len(source), process_index, process_count):
     record = source[clip]
     targets = multi_hot(record["labels"], num_classes)
-    for window in sliding_windows(waveform(record), clip_samples, hop_samples):
+    audio = waveform(record)
+    for window in sliding_windows(audio, clip_samples, hop_samples):
       rows["audio"].append(window)
+      rows["samples"].append(real_samples(audio, clip_samples))
       rows["clip"].append(clip)
       rows["targets"].append(targets)
       if len(rows["clip"]) == local_batch_size:

@@ -62,6 +62,15 @@ def test_ast_features_match_extractor(extractor):
     assert_close_above_floor(actual, expected, expected * 2 * kaldi.AUDIOSET_STD + kaldi.AUDIOSET_MEAN)
 
 
+def test_padded_batch_with_real_sample_counts_gives_each_clips_own_features(extractor):
+  clips = waveforms()[:2]  # 1 s and 3.3 s, padded into one 4 s batch
+  batch = np.stack([np.pad(clip, (0, 4 * SAMPLE_RATE - clip.size)) for clip in clips])
+  actual = kaldi.ast_features(batch, np.array([clip.size for clip in clips]))
+  for clip, features in zip(clips, actual):
+    expected = extractor(clip, sampling_rate=SAMPLE_RATE, return_tensors="np")["input_values"][0]
+    assert_close_above_floor(features, expected, expected * 2 * kaldi.AUDIOSET_STD + kaldi.AUDIOSET_MEAN)
+
+
 @pytest.mark.parametrize("window", ["hanning", "povey", "hamming"])
 def test_fbank_matches_transformers_spectrogram(window):
   waveform = waveforms()[1][:SAMPLE_RATE]

@@ -68,8 +68,9 @@ def test_targets_are_multi_hot_and_crops_have_the_clip_length():
   batch = next(iter(pipeline.train_dataset(make_source(), clip_samples=1000, num_classes=5,
                                            local_batch_size=6, seed=0)))
   assert batch["audio"].shape == (6, 1000) and batch["audio"].dtype == np.float32
-  for clip, targets in zip(clip_ids(batch), batch["targets"]):
+  for clip, targets, samples in zip(clip_ids(batch), batch["targets"], batch["samples"]):
     assert set(np.nonzero(targets)[0]) == {clip % 5, (clip + 1) % 5}
+    assert samples == 1000  # every clip is longer than the crop
 
 
 def test_short_clips_are_zero_padded_at_the_end():
@@ -97,6 +98,8 @@ def test_eval_batches_average_windows_per_clip_across_processes():
                                        local_batch_size=4, process_index=process, process_count=2,
                                        num_batches=5):
       assert batch["audio"].shape == (4, 1000)
+      for clip, samples in zip(batch["clip"], batch["samples"]):  # clip i has 900 + 40·i samples
+        assert samples == (min(900 + 40 * clip, 1000) if clip >= 0 else 0)
       per_window.append(batch)
   clips = np.concatenate([b["clip"] for b in per_window])
   assert sorted(set(clips[clips >= 0])) == list(range(9))

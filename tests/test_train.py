@@ -67,6 +67,7 @@ def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path, atten
                            ["optimizer.name=sgd", "optimizer.warmup_steps=0", "optimizer.learning_rate=0.1",
                             f"attention_impl={attention_impl}"])
   batch = {"audio": np.random.default_rng(0).normal(size=(16, 16000)).astype(np.float32) * 0.1,
+           "samples": np.full(16, 16000, np.int32),
            "targets": (np.random.default_rng(1).random((16, 5)) < 0.3).astype(np.float32)}
   params, losses = [], []
   for devices in (jax.devices()[:1], jax.devices()):
@@ -85,7 +86,7 @@ def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path, atten
 def test_fsdp_shards_large_parameters_and_matches_data_parallel(tiny_config_path):
   config = load_config(f"{tiny_config_path}:small,tiny")
   batch = {"audio": np.random.default_rng(0).normal(size=(16, 16000)).astype(np.float32) * 0.1,
-           "targets": np.eye(5, dtype=np.float32)[np.arange(16) % 5]}
+           "samples": np.full(16, 16000, np.int32), "targets": np.eye(5, dtype=np.float32)[np.arange(16) % 5]}
   results = []
   for fsdp in (1, 4):
     run = make_run(apply_overrides(config, [f"fsdp={fsdp}", "optimizer.name=sgd", "model.frontend_hidden=64"]), class_names=list("abcde"), sample_rate=16000)

@@ -169,18 +169,25 @@ def fbank(waveform: jax.Array, *, sample_rate: float = 16000, num_mel_bins: int 
 
 
 @functools.partial(jax.jit, static_argnames=("sample_rate", "num_mel_bins", "target_frames"))
-def ast_features(waveform: jax.Array, *, sample_rate: float = 16000, num_mel_bins: int = 128,
-                 target_frames: int = 1024, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD) -> jax.Array:
+def ast_features(waveform: jax.Array, samples: jax.Array | None = None, *, sample_rate: float = 16000,
+                 num_mel_bins: int = 128, target_frames: int = 1024, mean: float = AUDIOSET_MEAN,
+                 std: float = AUDIOSET_STD) -> jax.Array:
   """AST's normalised input `[..., target_frames, num_mel_bins]` of `waveform [..., samples]`.
 
   As AST's dataloader: the waveform's mean is removed, `fbank` (AST's arguments, its defaults) is zero-padded
   at the end or cropped to `target_frames`, then normalised to `(x - mean) / (2 std)`.  `mean` and `std`
-  default to AudioSet's statistics.
+  default to AudioSet's statistics.  `samples` `[...]` (int) counts the real samples at the start of each
+  waveform when the rest is padding: frames that reach into the padding are zero-padded as AST pads a
+  shorter clip's filterbank, so a padded window gives the features of the clip itself.
   """
   signal = jnp.asarray(waveform, dtype=jnp.float32)
-  signal = signal - jnp.mean(signal, axis=-1, keepdims=True)
+  signal = signal - jnp.mean(signal, axis=-1, keepdims=True)  # no effect on Kaldi's DC-free frames; AST does it
   features = fbank(signal, sample_rate=sample_rate, num_mel_bins=num_mel_bins)
   frames = features.shape[-2]
+  if samples is not None:
+    window_size, window_shift, _ = frame_geometry(sample_rate, 25.0, 10.0)
+    real_frames = jnp.maximum(0, (jnp.asarray(samples, jnp.int32) - window_size) // window_shift + 1)
+    features = jnp.where(jnp.arange(frames)[:, None] < real_frames[..., None, None], features, 0.0)
   if frames < target_frames:
     padding = [(0, 0)] * (features.ndim - 2) + [(0, target_frames - frames), (0, 0)]
     features = jnp.pad(features, padding)

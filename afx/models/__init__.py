@@ -1,4 +1,10 @@
-"""Models looked up by name: `build_model(model_config, num_classes=..., attention_impl=...)`."""
+"""Models looked up by name: `build_model(model_config, num_classes=..., attention_impl=...)`.
+
+Clip classifiers (`ast`, `passt`, `audio_transformer`, `vgg_like`) are called as
+`model(waveform [batch, n], samples [batch] | None, train=...)`, where `samples` counts each row's real
+samples before its zero padding: AST pads the filterbank after them, as its original does; the others,
+as theirs, see the padded waveform.
+"""
 
 import dataclasses
 from typing import Any, Callable

@@ -95,9 +95,10 @@ class AST(nn.Module):
     self.head_norm = nn.LayerNorm(self.layer_norm_epsilon)
     self.head = nn.Dense(self.num_classes)
 
-  def spectrogram(self, waveform):
-    """Normalised Kaldi filterbank `[batch, frames, num_mel_bins]` of `[batch, samples]` audio."""
-    return kaldi.ast_features(waveform, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins,
+  def spectrogram(self, waveform, samples=None):
+    """Normalised Kaldi filterbank `[batch, frames, num_mel_bins]` of `[batch, samples]` audio whose first
+    `samples [batch]` samples are real (None: all), zero-padded after them as AST pads a short clip's."""
+    return kaldi.ast_features(waveform, samples, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins,
                               target_frames=self.input_frames, mean=self.feature_mean, std=self.feature_std)
 
   def positional_grid(self) -> tuple[int, int]:
@@ -143,8 +144,8 @@ class AST(nn.Module):
     x = self.encode(spectrogram, train=train)
     return self.head(self.head_norm((x[:, 0] + x[:, 1]) / 2))
 
-  def __call__(self, waveform, *, train: bool = False):
-    return self.from_spectrogram(self.spectrogram(waveform), train=train)
+  def __call__(self, waveform, samples=None, *, train: bool = False):
+    return self.from_spectrogram(self.spectrogram(waveform, samples), train=train)
 
 
 # Tensor names of transformers ≥ 5 and, after "|", of the checkpoints published with transformers 4.

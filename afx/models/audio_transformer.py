@@ -37,7 +37,8 @@ class AudioTransformer(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, waveform, *, train: bool = False):
+  def __call__(self, waveform, samples=None, *, train: bool = False):
+    del samples  # the model sees a short clip's zero-padded waveform
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
     x = PatchFrontEnd(self.patch_size, self.frontend_hidden, self.d_model, name="frontend")(waveform)

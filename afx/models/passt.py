@@ -110,7 +110,8 @@ class PaSST(nn.Module):
     pooled = nn.LayerNorm(self.layer_norm_epsilon, name="head_norm")((x[:, 0] + x[:, 1]) / 2)
     return nn.Dense(self.num_classes, name="head")(pooled)
 
-  def __call__(self, waveform, *, train: bool = False):
+  def __call__(self, waveform, samples=None, *, train: bool = False):
+    del samples  # PaSST, as its original, sees a short clip's zero-padded waveform
     return self.from_spectrogram(self.spectrogram(waveform), train=train)
 
 

@@ -28,7 +28,8 @@ class VGGLike(nn.Module):
                           window_seconds=self.window_seconds, hop_seconds=self.hop_seconds, top_db=None)
 
   @nn.compact
-  def __call__(self, waveform, *, train: bool = False):
+  def __call__(self, waveform, samples=None, *, train: bool = False):
+    del samples  # the model sees a short clip's zero-padded waveform
     x = self.log_mel(waveform)[..., None]
     # Normalise each mel band with batch statistics: dB values need no hand-set offset or scale.
     x = nn.BatchNorm(use_running_average=not train, axis=-2, name="input_norm")(x)

@@ -4,8 +4,9 @@ A task object tells the trainer:
   window_samples                     the length of the audio windows the pipeline cuts for training
   eval_window_samples, eval_hop_samples   the sliding windows cut from evaluation clips
   model_kwargs()                     what the model is built with (e.g. num_classes)
-  example_inputs()                   a batch-1 input for initialising the model
-  model_inputs(batch), loss(outputs, batch), eval_outputs(outputs, batch)   jitted, per batch
+  example_inputs()                   the model's positional arguments (a tuple) at batch 1, for initialising it
+  model_inputs(batch)                the model's positional arguments (a tuple) for a batch
+  loss(outputs, batch), eval_outputs(outputs, batch)   jitted, per batch, with model_inputs
   metrics(rows, num_clips)           host-side metrics from the concatenated eval_outputs rows
   headline_metric                    the key of `metrics` that an experiment table reports
   features(model, variables, audio)  representation tasks only: the `[batch, d]` vectors a linear probe reads

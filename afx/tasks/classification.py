@@ -121,11 +121,12 @@ class ClassificationTask:
   def model_kwargs(self) -> dict:
     return {"num_classes": self.num_classes}
 
-  def example_inputs(self) -> np.ndarray:
-    return np.zeros((1, self.window_samples), np.float32)
+  def example_inputs(self) -> tuple:
+    return np.zeros((1, self.window_samples), np.float32), np.full((1,), self.window_samples, np.int32)
 
   def model_inputs(self, batch):
-    return batch["audio"]
+    """The windows and how many of each one's samples are audio (the rest is zero padding)."""
+    return batch["audio"], batch["samples"]
 
   def loss(self, outputs, batch):
     return loss(outputs, batch["targets"], task=self.kind)

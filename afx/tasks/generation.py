@@ -110,15 +110,15 @@ class NextSampleTask:
     return {"num_classes": self.num_classes, "context_samples": self.context_samples,
             "past_samples": self.past_samples}
 
-  def example_inputs(self) -> np.ndarray:
-    return np.zeros((1, self.past_samples + self.context_samples), np.int32)
+  def example_inputs(self) -> tuple:
+    return (np.zeros((1, self.past_samples + self.context_samples), np.int32),)
 
   def codes(self, batch):
     return quantize(batch["audio"], self.quantization, self.num_classes)
 
   def model_inputs(self, batch):
     """The last `past + context` codes before the window's final sample (eval windows can be longer)."""
-    return self.codes(batch)[:, -self.window_samples:-1]
+    return (self.codes(batch)[:, -self.window_samples:-1],)
 
   def loss(self, outputs, batch):
     targets = self.codes(batch)[:, -self.context_samples:]

@@ -44,11 +44,11 @@ class ReconstructionTask:
   def model_kwargs(self) -> dict:
     return {}
 
-  def example_inputs(self) -> np.ndarray:
-    return np.zeros((1, self.window_samples), np.float32)
+  def example_inputs(self) -> tuple:
+    return (np.zeros((1, self.window_samples), np.float32),)
 
   def model_inputs(self, batch):
-    return batch["audio"]
+    return (batch["audio"],)
 
   def loss(self, outputs, batch):
     return jnp.mean(jnp.square(outputs["reconstruction"] - outputs["patches"]))
@@ -110,11 +110,11 @@ class NextCodeTask:
   def model_kwargs(self) -> dict:
     return {"num_classes": self.tokenizer.num_codes, "context_samples": self.num_positions, "past_samples": 0}
 
-  def example_inputs(self) -> np.ndarray:
-    return np.zeros((1, self.num_positions - 1), np.int32)
+  def example_inputs(self) -> tuple:
+    return (np.zeros((1, self.num_positions - 1), np.int32),)
 
   def model_inputs(self, batch):
-    return self.tokenizer(batch["audio"])[:, :-1]
+    return (self.tokenizer(batch["audio"])[:, :-1],)
 
   def loss(self, outputs, batch):
     targets = self.tokenizer(batch["audio"])[:, 1:]
@@ -162,11 +162,11 @@ class ContrastiveTask:
   def model_kwargs(self) -> dict:
     return {}
 
-  def example_inputs(self) -> np.ndarray:
-    return np.zeros((1, self.window_samples), np.float32)
+  def example_inputs(self) -> tuple:
+    return (np.zeros((1, self.window_samples), np.float32),)
 
   def model_inputs(self, batch):
-    return batch["audio"]
+    return (batch["audio"],)
 
   def loss(self, outputs, batch):
     return contrastive.nt_xent(outputs, self.temperature)

@@ -54,9 +54,11 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
     pad = -windows.shape[0] % batch_size
     windows = np.concatenate([windows, np.zeros((pad, window), np.float32)])
     clips = np.r_[np.zeros(windows.shape[0] - pad, np.int32), -np.ones(pad, np.int32)]
+    samples = np.where(clips >= 0, pipeline.real_samples(audio, window), 0).astype(np.int32)
     scores = []
     for start in range(0, windows.shape[0], batch_size):
-      batch = {"audio": windows[start:start + batch_size], "clip": clips[start:start + batch_size],
+      batch = {"audio": windows[start:start + batch_size], "samples": samples[start:start + batch_size],
+               "clip": clips[start:start + batch_size],
                "targets": np.zeros((batch_size, len(run.class_names)), np.float32)}
       scores.append(_host(run.predict(state, run.to_global(batch))["scores"]))
     mean_scores = np.concatenate(scores)[clips >= 0].mean(axis=0)

@@ -47,19 +47,19 @@ class TrainState:
 
 
 def init_state(rng, *, model, tx, example_inputs) -> TrainState:
-  variables = dict(model.init({"params": rng, "dropout": rng}, jnp.asarray(example_inputs), train=False))
+  variables = dict(model.init({"params": rng, "dropout": rng}, *map(jnp.asarray, example_inputs), train=False))
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                     opt_state=tx.init(params))
 
 
-def _apply(model, state, params, inputs, *, train: bool, rng=None):
-  """Model outputs and the updated non-parameter collections."""
+def _apply(model, state, params, inputs: tuple, *, train: bool, rng=None):
+  """Model outputs for positional arguments `inputs`, and the updated non-parameter collections."""
   variables = {"params": params, **state.model_state}
   rngs = dict(zip(RNG_STREAMS, jax.random.split(rng, len(RNG_STREAMS)))) if rng is not None else {}
   if train and state.model_state:
-    return model.apply(variables, inputs, train=True, rngs=rngs, mutable=list(state.model_state))
-  return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
+    return model.apply(variables, *inputs, train=True, rngs=rngs, mutable=list(state.model_state))
+  return model.apply(variables, *inputs, train=train, rngs=rngs), state.model_state
 
 
 def train_step(state: TrainState, batch, *, model, tx, task, rng) -> tuple[TrainState, dict]:
