@@ -21,9 +21,9 @@ Tiny scale (the embedded `synth_events` set, 22 classes, 1 s clips, built on fir
   AST at d=64, 4 layers, 4 heads, MLP 256, on 100 frames × 128 Kaldi mel bins (1 s), patches 16×16 at
   stride 10 (12 × 9 = 108 patches); 500 steps (ESC-50: 300) of batch 32, AdamW 1e-3 with 50 warm-up steps, cosine.
   One row: python run.py train --config experiments/gong_2021_ast.py:audioset_full,tiny --workdir /tmp/runs/ast
-  Measured (2026-12-01, jax 0.10.2, 2 CPU cores shared with other jobs at load 4-6, so the times are
-  upper bounds; 39 min 7 s with the dataset already built: AudioSet rows 5.4-6.4 min, ESC-50 rows
-  3.4-5.8 min): mAP audioset_balanced 0.440, audioset_full 0.712, audioset_full_scratch 0.712 (d′ 1.27,
+  Measured from a clean clone (2026-12-02, jax 0.10.2, 2 CPU cores, partly shared with tests, so an
+  upper bound: 9 min 30 s including the 26 s dataset build; 39 min on 2026-12-01's slower, loaded
+  machine), the same numbers to the digit on both days: mAP audioset_balanced 0.440, audioset_full 0.712, audioset_full_scratch 0.712 (d′ 1.27,
   2.05, 2.05); ESC-50 accuracy per fold 0.883, 0.881, 0.890, 0.869, 0.884, mean esc50 0.881.  Every
   row is far above chance; ten times more training clips lift mAP by 0.27, as the full set lifts the
   paper's; the two full rows are one run.  225k parameters.

@@ -24,8 +24,9 @@ Tiny scale (the embedded `synth_events` set, 22 classes, 1 s clips, built on fir
   (40 of 108 patches kept), -U 60 % of the patches (43 kept), -N (stride 16: 8 × 6 = 48 patches)
   2 columns and 3 rows (20 kept), ESC-50 2 columns and 3 rows (63 kept), FSD50K 1 column and 4 rows (64 kept).
   One row: python run.py train --config experiments/koutini_2021_passt.py:passt_s,tiny --workdir /tmp/runs/passt_s
-  Measured (2026-12-01, jax 0.10.2, 2 CPU cores shared with other jobs at load 4-6, so the times are
-  upper bounds; 31 min 5 s with the dataset already built, rows 2.2-4.9 min): mAP passt_s 0.596,
+  Measured from a clean clone (2026-12-02, jax 0.10.2, 2 CPU cores partly shared with tests, so an upper
+  bound: 7 min 14 s with the dataset already built; 31 min on 2026-12-01's slower, loaded machine), the
+  same numbers to the digit on both days: mAP passt_s 0.596,
   passt_u 0.673, passt_n 0.519, passt_l 0.588, fsd50k 0.631 (d′ 1.80, 1.95, 1.60, 1.80, 1.89);
   ESC-50 accuracy per fold 0.833, 0.807, 0.829, 0.786, 0.831, mean esc50 0.817.  Every row is far
   above chance.  Patchout makes steps faster at this size too: one training step (batch 32, features

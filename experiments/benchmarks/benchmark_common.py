@@ -15,12 +15,24 @@ def available_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def cpu_model() -> str:
+  """The CPU's model name and whether it has AVX-512 (which XLA's and PyTorch's CPU kernels use differently)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or "unknown"
+  name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown")
+  return f"{name}, {'AVX-512' if ' avx512f' in info else 'no AVX-512'}"
+
+
 def machine() -> dict:
   import jax
   device = jax.devices()[0]
   return {"backend": jax.default_backend(), "device": device.device_kind, "devices": jax.device_count(),
-          "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-          "jax": jax.__version__, "memory_gib": round(available_bytes() / 2**30, 1)}
+          "cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "memory_gib": round(available_bytes() / 2**30, 1)}
 
 
 def run_worker(script: str, spec: dict, timeout: float) -> dict:
