@@ -103,9 +103,10 @@ def eval_batches(source: Sequence, *, clip_samples: int, hop_samples: int, num_c
     record = source[clip]
     targets = multi_hot(record["labels"], num_classes)
     audio = waveform(record)
+    samples = real_samples(audio, clip_samples)  # every window of a longer clip is whole
     for window in sliding_windows(audio, clip_samples, hop_samples):
       rows["audio"].append(window)
-      rows["samples"].append(real_samples(audio, clip_samples))
+      rows["samples"].append(samples)
       rows["clip"].append(clip)
       rows["targets"].append(targets)
       if len(rows["clip"]) == local_batch_size:

@@ -186,7 +186,7 @@ def ast_features(waveform: jax.Array, samples: jax.Array | None = None, *, sampl
   frames = features.shape[-2]
   if samples is not None:
     window_size, window_shift, _ = frame_geometry(sample_rate, 25.0, 10.0)
-    real_frames = jnp.maximum(0, (jnp.asarray(samples, jnp.int32) - window_size) // window_shift + 1)
+    real_frames = jnp.maximum(0, num_frames(jnp.asarray(samples, jnp.int32), window_size, window_shift))
     features = jnp.where(jnp.arange(frames)[:, None] < real_frames[..., None, None], features, 0.0)
   if frames < target_frames:
     padding = [(0, 0)] * (features.ndim - 2) + [(0, target_frames - frames), (0, 0)]
