@@ -1,4 +1,4 @@
-"""Blocked attention (pure JAX, Pallas TPU and Pallas GPU in interpret mode) against the dense float32 oracle."""
+"""Blocked attention (pure JAX; Pallas TPU, Triton and Mosaic GPU in interpret mode) against the dense float32 oracle."""
 
 import itertools
 
@@ -21,6 +21,13 @@ CASES = {
     "window_at_least_n": (1, 256, 2, 2, 64, True, 1000, jnp.float32),
     "bf16_window_block-1": (1, 512, 2, 2, 64, True, 127, jnp.bfloat16),
     "bf16_noncausal_ragged": (1, 200, 4, 2, 128, False, None, jnp.bfloat16),
+}
+# The Mosaic GPU kernel takes 16-bit inputs only and runs in JAX's (slow) GPU interpreter here: own cases.
+MOSAIC = "pallas_mosaic_gpu"
+ANY_DTYPE = tuple(name for name in BLOCKED if name != MOSAIC)
+MOSAIC_CASES = {
+    "gqa_ragged_window_block+1": (1, 300, 2, 1, 64, True, 129, jnp.bfloat16),
+    "d128_noncausal_ragged": (1, 200, 2, 2, 128, False, None, jnp.bfloat16),
 }
 TOLERANCE = {jnp.float32: (1e-5, 1e-4), jnp.bfloat16: (2e-2, 5e-2)}  # (outputs, gradients)
 
@@ -47,10 +54,7 @@ def max_error(got, want):
   return np.max(np.abs(got - want)[finite]) / max(1.0, np.max(np.abs(want[finite])))
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
-@pytest.mark.parametrize("case", CASES)
-def test_outputs_logsumexp_and_gradients_match_the_dense_reference(implementation, case):
-  batch, seq, q_heads, kv_heads, head_dim, causal, window, dtype = CASES[case]
+def assert_matches_reference(implementation, batch, seq, q_heads, kv_heads, head_dim, causal, window, dtype):
   q, k, v = bf16_rounded_inputs(batch, seq, q_heads, kv_heads, head_dim, dtype)
   (out, lse), vjp = jax.vjp(jax.jit(attention_fn(implementation, causal, window)), q, k, v)
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
@@ -66,6 +70,12 @@ def test_outputs_logsumexp_and_gradients_match_the_dense_reference(implementatio
     assert max_error(got, want) < grad_tol
 
 
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_logsumexp_and_gradients_match_the_dense_reference(implementation, case):
+  assert_matches_reference(implementation, *CASES[case])
+
+
 @pytest.mark.parametrize("causal,window", [(True, None), (True, 5), (False, None)])
 def test_xla_aligns_fewer_queries_to_the_end_of_the_keys_as_in_cached_decoding(causal, window):
   q, k, v = bf16_rounded_inputs(2, 3, 4, 2, 64, jnp.float32, k_seq=17)
@@ -74,7 +84,7 @@ def test_xla_aligns_fewer_queries_to_the_end_of_the_keys_as_in_cached_decoding(c
   assert max_error(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
 def test_queries_that_see_no_key_give_zeros_and_finite_gradients(implementation):
   # 300 queries aligned to the end of 100 keys: the first 200 see nothing.
   q, k, v = bf16_rounded_inputs(1, 300, 2, 2, 64, jnp.float32, k_seq=100)
@@ -88,7 +98,7 @@ def test_queries_that_see_no_key_give_zeros_and_finite_gradients(implementation)
   assert max_error(out, want) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
 def test_works_under_vmap_grad_and_remat(implementation):
   q, k, v = bf16_rounded_inputs(2, 160, 2, 2, 64, jnp.float32)
   fn = lambda q, k, v: attention_fn(implementation, True, 64)(q, k, v)[0]
@@ -103,7 +113,7 @@ def test_works_under_vmap_grad_and_remat(implementation):
     assert max_error(a, c) < 1e-4
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
 def test_runs_are_bitwise_deterministic(implementation):
   q, k, v = bf16_rounded_inputs(1, 300, 4, 2, 64, jnp.float32, seed=3)
   step = jax.jit(jax.grad(lambda *x: jnp.sum(attention_fn(implementation, True, 100)(*x)[0] ** 3), argnums=(0, 1, 2)))
@@ -112,7 +122,7 @@ def test_runs_are_bitwise_deterministic(implementation):
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
 def test_numerical_gradients(implementation):
   q, k, v = bf16_rounded_inputs(1, 24, 2, 1, 8, jnp.float32, seed=4)
   fn = lambda q, k, v: dot_product_attention(q, k, v, causal=True, window=11, implementation=implementation,
@@ -164,7 +174,7 @@ def test_every_pass_visits_exactly_the_blocks_with_allowed_pairs(q_len, k_len, b
         i for i in range(lo, hi) if not masks.block_needs_mask(plan, i, j)}
 
 
-@pytest.mark.parametrize("implementation", BLOCKED)
+@pytest.mark.parametrize("implementation", ANY_DTYPE)
 def test_under_a_mesh_each_device_attends_over_its_batch_slice(implementation):
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   q, k, v = bf16_rounded_inputs(8, 160, 4, 2, 64, jnp.float32, seed=5)
@@ -212,3 +222,55 @@ def test_kernels_off_their_hardware_need_interpret_mode():
     dot_product_attention(x, x, x, implementation="pallas_tpu")
   with pytest.raises(ConfigError, match="'cudnn' needs a GPU"):
     dot_product_attention(x, x, x, implementation="cudnn", interpret=True)
+
+
+@pytest.mark.parametrize("case", MOSAIC_CASES)
+def test_mosaic_gpu_kernels_in_the_gpu_interpreter_match_the_dense_reference(case):
+  assert_matches_reference(MOSAIC, *MOSAIC_CASES[case])
+
+
+def test_mosaic_gpu_queries_that_see_no_key_give_zeros_and_finite_gradients():
+  q, k, v = bf16_rounded_inputs(1, 192, 1, 1, 64, jnp.bfloat16, k_seq=64)  # the first 128 queries see nothing
+  fn = attention_fn(MOSAIC, True, 16)
+  (out, lse), vjp = jax.vjp(fn, q, k, v)
+  assert np.all(np.asarray(out[:, :128]) == 0) and np.all(np.isneginf(lse[:, :, :128]))
+  assert max_error(out, attention_fn("reference", True, 16)(q, k, v)[0]) < 2e-2
+  assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in vjp((jnp.ones_like(out), jnp.zeros_like(lse))))
+
+
+def test_mosaic_gpu_pipeline_has_no_races_and_observes_every_barrier_phase():
+  from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+  from afx.kernels.attention import pallas_mosaic_gpu
+  # 3 tiles with a window: the ring's slots are reused and the visited ranges start past block 0.
+  q, k, v = bf16_rounded_inputs(1, 384, 1, 1, 64, jnp.bfloat16, seed=9)
+  racy = pallas_mosaic_gpu.interpret_params(detect_races=True)
+  fn = lambda *x: dot_product_attention(*x, window=200, implementation=MOSAIC, interpret=racy, return_logsumexp=True)
+  (out, lse), vjp = jax.vjp(fn, q, k, v)
+  jax.block_until_ready(vjp((jnp.ones_like(out), jnp.zeros_like(lse))))
+  assert not interpret_pallas_call.get_races().races_found
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_mosaic_gpu_kernels_lower_for_cuda_without_a_gpu(head_dim):
+  """The CUDA lowering checks what the interpreter does not: shared-memory tiling and swizzle for
+  wgmma and TMA, register layouts, barrier types."""
+  from afx.kernels.attention import pallas_mosaic_gpu
+  plan = masks.Plan(q_len=1000, k_len=1000, block_q=128, block_k=128, causal=True, window=300, scale=0.125)
+  q = jax.ShapeDtypeStruct((2, 4, plan.q_padded, head_dim), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((2, 2, plan.k_padded, head_dim), jnp.bfloat16)
+  lse = jax.ShapeDtypeStruct((2, 4, plan.q_padded), jnp.float32)
+  passes = {"forward": (lambda *x: pallas_mosaic_gpu.forward(*x, plan), (q, kv, kv)),
+            "backward": (lambda *x: pallas_mosaic_gpu.backward(*x, plan), (q, kv, kv, q, lse, q, lse))}
+  for name, (fn, args) in passes.items():
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @mosaic_gpu") == (1 if name == "forward" else 2), name
+
+
+def test_mosaic_gpu_kernel_rejects_float32_and_other_blocks_with_the_fix():
+  x = jnp.zeros((1, 128, 1, 64))
+  with pytest.raises(ConfigError, match="bfloat16 or float16.*'pallas_gpu' or 'xla'"):
+    dot_product_attention(x, x, x, implementation=MOSAIC, interpret=True)
+  with pytest.raises(ConfigError, match="needs a GPU"):
+    dot_product_attention(x.astype(jnp.bfloat16), x, x, implementation=MOSAIC)
+  with pytest.raises(ConfigError, match="block_q=64"):
+    dot_product_attention(*[x.astype(jnp.bfloat16)] * 3, implementation=MOSAIC, block_q=64, interpret=True)

@@ -2,8 +2,9 @@
 
 Dense: `reference` (float32, highest precision: the test oracle), `xla` and `cudnn`
 (`jax.nn.dot_product_attention`).  Blocked, O(N·block) memory, with a shared `custom_vjp` that saves
-only the output and logsumexp: `blockwise` (pure JAX), `pallas_tpu` (Mosaic TPU kernel) and
-`pallas_gpu` (Pallas Triton kernel).  Blocked implementations run under `jax.shard_map` when a mesh
+only the output and logsumexp: `blockwise` (pure JAX), `pallas_tpu` (Mosaic TPU kernel),
+`pallas_gpu` (Pallas Triton kernel, any CUDA GPU) and `pallas_mosaic_gpu` (warp-specialised Mosaic GPU
+kernel for Hopper, bfloat16/float16).  Blocked implementations run under `jax.shard_map` when a mesh
 is set (`jax.set_mesh`), with the batch split over every mesh axis but `model`, which splits heads;
 a batch that does not divide over the data devices runs whole on each device.
 """
@@ -19,7 +20,7 @@ from afx.errors import ConfigError
 from afx.kernels.attention import masks, reference
 
 DENSE = ("reference", "xla", "cudnn")
-BLOCKED = ("blockwise", "pallas_tpu", "pallas_gpu")
+BLOCKED = ("blockwise", "pallas_tpu", "pallas_gpu", "pallas_mosaic_gpu")
 IMPLEMENTATIONS = DENSE + BLOCKED
 HEADS_AXIS = "model"
 # On CPU, up to this many keys form one block; longer sequences use 512-key blocks.
@@ -53,6 +54,8 @@ def default_blocks(implementation: str, q_len: int, k_len: int, head_dim: int) -
   round_up = lambda n, m: -(-n // m) * m
   if implementation == "pallas_tpu":  # Mosaic tiles: 8 sublanes × 128 lanes
     return min(512, round_up(q_len, 128)), min(512, round_up(k_len, 128))
+  if implementation == "pallas_mosaic_gpu":  # two 64-row warpgroups per tile, 128-key blocks
+    return 128, 128
   if implementation == "pallas_gpu":  # Triton blocks are powers of two
     pow2 = lambda n: max(16, 1 << (n - 1).bit_length())
     return min(128, pow2(q_len)), min(64 if head_dim > 64 else 128, pow2(k_len))
@@ -137,7 +140,8 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
     scale: logit scale; `head_dim ** -0.5` when None.
     implementation: one of `IMPLEMENTATIONS`, or None for the best available on this backend and shape.
     block_q, block_k: tile sizes of the blocked implementations (defaults per implementation).
-    interpret: run Pallas kernels in interpret mode (on any backend, e.g. to test on CPU).
+    interpret: run Pallas kernels in interpret mode (on any backend, e.g. to test on CPU); True, or the
+      kernel family's interpreter parameters (`pltpu.InterpretParams()`, `InterpretGPUParams(...)`).
     return_logsumexp: also return the natural-log logsumexp of each query's logits, `[batch, heads, seq]`
       (-inf for a query that sees no key, whose output is 0).
   """
@@ -149,7 +153,7 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
                                                              dtype=q.dtype)
   if implementation not in IMPLEMENTATIONS:
     raise ConfigError(f"unknown attention_impl {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-  needs = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}.get(implementation)
+  needs = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_mosaic_gpu": "gpu", "pallas_tpu": "tpu"}.get(implementation)
   if needs and jax.default_backend() != needs and not (interpret and implementation != "cudnn"):
     raise ConfigError(f"attention_impl={implementation!r} needs a {needs.upper()} (this backend is "
                       f"{jax.default_backend()}); use 'blockwise' or 'xla', or interpret=True to test the kernel")

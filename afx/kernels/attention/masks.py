@@ -176,16 +176,22 @@ def block_needs_mask(plan: Plan, q_block, k_block):
   return touches_padding | partial
 
 
-def block_mask(plan: Plan, q_block, k_block, rows: int | None = None):
-  """Boolean `[rows, block_k]` of the allowed pairs; rows beyond `block_q` repeat the tile (query groups)."""
-  shape = (plan.block_q, plan.block_k)  # 2-D iotas: what Mosaic and Triton lower directly
-  q_pos = q_block * plan.block_q + plan.q_offset + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-  k_pos = k_block * plan.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+def allowed_pairs(plan: Plan, q_pos, k_pos):
+  """Whether query position `q_pos` may see key position `k_pos` (elementwise on arrays of positions)."""
   allowed = k_pos < plan.k_len
   if plan.masked:
     allowed = allowed & (k_pos <= q_pos)
   if plan.window is not None:
     allowed = allowed & (k_pos > q_pos - plan.window)
+  return allowed
+
+
+def block_mask(plan: Plan, q_block, k_block, rows: int | None = None):
+  """Boolean `[rows, block_k]` of the allowed pairs; rows beyond `block_q` repeat the tile (query groups)."""
+  shape = (plan.block_q, plan.block_k)  # 2-D iotas: what Mosaic and Triton lower directly
+  q_pos = q_block * plan.block_q + plan.q_offset + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  k_pos = k_block * plan.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  allowed = allowed_pairs(plan, q_pos, k_pos)
   if rows is not None and rows != plan.block_q:
     allowed = jnp.tile(allowed, (rows // plan.block_q, 1))
   return allowed

@@ -7,7 +7,7 @@ writing per-query-head gradients that are summed per group outside) and a dQ ker
 deterministic.
 
 The Triton lowering is deprecated from jax 0.11 and reaches about half of cuDNN's speed on Hopper;
-a Mosaic GPU kernel for H100/H200 is the planned fast path (see README status).
+the warp-specialised Mosaic GPU kernels of `pallas_mosaic_gpu` are the path meant for H100/H200.
 Layout: q `[batch, q_heads, q_padded, d]`, k/v `[batch, kv_heads, k_padded, d]`; block sizes and
 head_dim powers of two.
 """
