@@ -6,7 +6,10 @@ CTA's 128-row tile, and one memory warpgroup that streams the blocks the tile vi
 with TMA copies.  "Ready" barriers tell the compute warpgroups a slot has landed, "free" barriers
 (two arrivals) tell the memory warpgroup both have read it, so loads run ahead of the matmuls.
 Matmuls are `wgmma` from swizzled shared memory (and the probabilities from registers); masked
-edge blocks and unmasked interior blocks run as separate loops (`masks.visit_blocks`).  The
+edge blocks and unmasked interior blocks run as separate loops (`masks.visit_blocks`).  In the
+forward pass the two compute warpgroups take turns on the tensor cores (ping-pong, as in
+FlashAttention-3), so one's softmax hides behind the other's matmuls, and causal grids start with
+the longest query tiles.  The
 backward pass is a dK/dV kernel (a CTA per 128-key block, walking 64-row query tiles, writing
 per-query-head float32 gradients summed per group outside) and a dQ kernel: no atomics,
 deterministic.
@@ -86,26 +89,36 @@ def _value(x):
   return x if isinstance(x, jax.Array) else x[...]
 
 
-def _matmul(a, b, shape, interpret: bool, transpose_b: bool = False):
+def _matmul(a, b, shape, interpret: bool, transpose_b: bool = False, after_issue=lambda: None):
   """`a @ b` (or `a @ bᵀ`) in float32: `wgmma` with `a` from shared memory or registers and `b` from
-  shared memory.  The interpreter (jax 0.10) cannot read a transposed ref in `wgmma`, so in interpret
-  mode the product is an ordinary dot of the loaded values; the CUDA lowering test covers the wgmma."""
+  shared memory; `after_issue()` runs once the wgmma is issued, before waiting for its result.
+
+  The interpreter (jax 0.10) cannot read a transposed ref in `wgmma`, so in interpret mode the
+  product is an ordinary dot of the loaded values; the CUDA lowering test covers the wgmma.
+  """
   if interpret:
-    return jax.lax.dot_general(_value(a), _value(b), (((1,), (1 if transpose_b else 0,)), ((), ())),
-                               preferred_element_type=jnp.float32)
+    product = jax.lax.dot_general(_value(a), _value(b), (((1,), (1 if transpose_b else 0,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+    after_issue()
+    return product
   b = plgpu.transpose_ref(b, (1, 0)) if transpose_b else b
 
   def run(acc_ref):
     plgpu.wgmma(acc_ref, a, b)
+    after_issue()
     return acc_ref[...]
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
-def _matmul_add(acc, a, b, interpret: bool):
+def _matmul_add(acc, a, b, interpret: bool, after_issue=lambda: None):
   """`acc + a @ b`, accumulating in the wgmma registers on a GPU."""
   if interpret:
-    return acc + _matmul(a, b, acc.shape, interpret)
-  return pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, a, b))(plgpu.ACC.init(acc))
+    return acc + _matmul(a, b, acc.shape, interpret, after_issue=after_issue)
+
+  def run(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+    after_issue()
+  return pl.run_state(run)(plgpu.ACC.init(acc))
 
 
 def _rows(x):
@@ -165,9 +178,16 @@ def _stream(ref_slices, smem, ready, free, lo, hi):
     wait_free(jax.lax.rem(i - lo, STAGES))
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, q_ready, k_ready,
+def _query_tile(plan: masks.Plan):
+  """This CTA's query tile.  Under a causal mask the last tiles visit the most key blocks, so they
+  start first: the short tiles fill in behind them and the GPU's last wave is short."""
+  index = jax.lax.axis_index("tile")
+  return plan.num_q_blocks - 1 - index if plan.masked else index
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, q_ready, turn, k_ready,
                     v_ready, k_free, v_free, *, plan: masks.Plan, groups: int, interpret: bool):
-  tile, head, batch = jax.lax.axis_index("tile"), jax.lax.axis_index("head"), jax.lax.axis_index("batch")
+  tile, head, batch = _query_tile(plan), jax.lax.axis_index("head"), jax.lax.axis_index("batch")
   warpgroup = jax.lax.axis_index("warpgroup")
   lo, hi = masks.key_block_range(plan, tile)
   interior = masks.interior_key_range(plan, tile)
@@ -181,12 +201,18 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
     plgpu.copy_gmem_to_smem(q_ref.at[batch, head, pl.ds(row0, ROWS)], q_tile, q_ready.at[warpgroup])
     plgpu.barrier_wait(q_ready.at[warpgroup])
     score_scale = plan.scale * LOG2_E  # exp2 of log2-scaled logits
+    # Ping-pong: the two warpgroups take turns to issue their matmuls, so that one's softmax runs
+    # while the other's matmuls hold the tensor cores.  Warpgroup 1 hands warpgroup 0 the first turn.
+    my_turn = lambda: plgpu.barrier_wait(turn.at[warpgroup])
+    hand_over = lambda: plgpu.barrier_arrive(turn.at[1 - warpgroup])
+    pl.when(warpgroup == 1)(hand_over)
 
     def visit(k_block, state, masked):
       m, l, acc = state
       slot = jax.lax.rem(k_block - lo, STAGES)
       plgpu.barrier_wait(k_ready.at[slot])
-      s = _matmul(q_tile, k_smem.at[slot], (ROWS, plan.block_k), interpret, transpose_b=True)
+      my_turn()
+      s = _matmul(q_tile, k_smem.at[slot], (ROWS, plan.block_k), interpret, transpose_b=True, after_issue=hand_over)
       plgpu.barrier_arrive(k_free.at[slot])
       s = s * score_scale
       if masked:
@@ -200,13 +226,15 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
       l = l * alpha + p.sum(axis=1)
       acc = acc * _along_rows(alpha, acc.shape)
       plgpu.barrier_wait(v_ready.at[slot])
-      acc = _matmul_add(acc, p.astype(v_smem.dtype), v_smem.at[slot], interpret)
+      my_turn()
+      acc = _matmul_add(acc, p.astype(v_smem.dtype), v_smem.at[slot], interpret, after_issue=hand_over)
       plgpu.barrier_arrive(v_free.at[slot])
       return m_new, l, acc
 
     state = (_rows(jnp.full((ROWS,), masks.MASK_VALUE, jnp.float32)), _rows(jnp.zeros((ROWS,), jnp.float32)),
              _tile(jnp.zeros((ROWS, head_dim), jnp.float32)))
     m, l, acc = masks.visit_blocks((lo, hi), interior, visit, state)
+    pl.when(warpgroup == 0)(my_turn)  # warpgroup 1's last hand-over
     empty = l == 0.0
     safe_l = jnp.where(empty, 1.0, l)
     q_tile[...] = (acc / _along_rows(safe_l, acc.shape)).astype(q_tile.dtype)
@@ -246,7 +274,8 @@ def forward(q, k, v, plan: masks.Plan, interpret: bool = False):
              _swizzled((STAGES, plan.block_k, head_dim), k.dtype),
              _swizzled((STAGES, plan.block_k, head_dim), v.dtype),
              plgpu.SMEM((COMPUTE_WARPGROUPS, ROWS), jnp.float32),
-             plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS), k_ready, v_ready, k_free, v_free]
+             plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS), plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),
+             k_ready, v_ready, k_free, v_free]
   out_type = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, q_heads, plan.q_padded), jnp.float32))
   body = functools.partial(_forward_kernel, plan=plan, groups=q_heads // k.shape[1], interpret=interpret)
   return _kernel(body, out_type, scratch, (plan.num_q_blocks, q_heads, batch), interpret)(q, k, v)
@@ -326,7 +355,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem, do_smem, lse_smem, delta_smem, k_smem,
                v_smem, q_ready, do_ready, lse_ready, delta_ready, k_ready, v_ready, k_free, v_free, *,
                plan: masks.Plan, groups: int, interpret: bool):
-  tile, head, batch = jax.lax.axis_index("tile"), jax.lax.axis_index("head"), jax.lax.axis_index("batch")
+  tile, head, batch = _query_tile(plan), jax.lax.axis_index("head"), jax.lax.axis_index("batch")
   warpgroup = jax.lax.axis_index("warpgroup")
   lo, hi = masks.key_block_range(plan, tile)
   interior = masks.interior_key_range(plan, tile)
