@@ -67,8 +67,10 @@ def _register_layout_cast_on_cpu():
 
 def interpret_params(**kwargs):
   """Parameters of JAX's Mosaic GPU interpreter (e.g. `detect_races=True`), for `interpret=`."""
-  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # not exported in jax 0.10
-  return InterpretGPUParams(**kwargs)
+  params = getattr(plgpu, "InterpretGPUParams", None)  # exported after jax 0.10
+  if params is None:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as params
+  return params(**kwargs)
 
 
 def _interpreter(interpret):
