@@ -161,6 +161,8 @@ def _stream(ref_slices, smem, ready, free, lo, hi):
     for src, dst, barrier in zip(ref_slices(i), smem, ready):
       plgpu.copy_gmem_to_smem(src, dst.at[slot], barrier.at[slot])
 
+  plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
+
   def wait_free(slot):
     for barrier in free:
       plgpu.barrier_wait(barrier.at[slot])
@@ -185,6 +187,12 @@ def _query_tile(plan: masks.Plan):
   start first: the short tiles fill in behind them and the GPU's last wave is short."""
   index = jax.lax.axis_index("tile")
   return plan.num_q_blocks - 1 - index if plan.masked else index
+
+
+def _stream_key_blocks(plan: masks.Plan, k_head, v_head, smem, ready, free, lo, hi):
+  """Memory warpgroup of the passes that walk key blocks: K and V blocks `[lo, hi)` of one head."""
+  keys = lambda j: pl.ds(j * plan.block_k, plan.block_k)
+  _stream(lambda j: (k_head.at[keys(j)], v_head.at[keys(j)]), smem, ready, free, lo, hi)
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem, q_ready, turn, k_ready,
@@ -248,11 +256,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
 
   @pl.when(warpgroup == COMPUTE_WARPGROUPS)
   def _memory():
-    plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
-    kv_head = head // groups
-    keys = lambda j: pl.ds(j * plan.block_k, plan.block_k)
-    _stream(lambda j: (k_ref.at[batch, kv_head, keys(j)], v_ref.at[batch, kv_head, keys(j)]),
-            (k_smem, v_smem), (k_ready, v_ready), (k_free, v_free), lo, hi)
+    _stream_key_blocks(plan, k_ref.at[batch, head // groups], v_ref.at[batch, head // groups], (k_smem, v_smem),
+                       (k_ready, v_ready), (k_free, v_free), lo, hi)
 
 
 def _kernel(body, out_type, scratch, grid, interpret):
@@ -346,7 +351,6 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
 
   @pl.when(warpgroup == COMPUTE_WARPGROUPS)
   def _memory():
-    plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
     rows = lambda i: pl.ds(i * ROWS, ROWS)
     _stream(lambda i: (q_ref.at[batch, head, rows(i)], do_ref.at[batch, head, rows(i)],
                        lse_ref.at[batch, head, rows(i)], delta_ref.at[batch, head, rows(i)]),
@@ -400,11 +404,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem, 
 
   @pl.when(warpgroup == COMPUTE_WARPGROUPS)
   def _memory():
-    plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
-    kv_head = head // groups
-    keys = lambda j: pl.ds(j * plan.block_k, plan.block_k)
-    _stream(lambda j: (k_ref.at[batch, kv_head, keys(j)], v_ref.at[batch, kv_head, keys(j)]),
-            (k_smem, v_smem), (k_ready, v_ready), (k_free, v_free), lo, hi)
+    _stream_key_blocks(plan, k_ref.at[batch, head // groups], v_ref.at[batch, head // groups], (k_smem, v_smem),
+                       (k_ready, v_ready), (k_free, v_free), lo, hi)
 
 
 def backward(q, k, v, out, logsumexp, d_out, d_logsumexp, plan: masks.Plan, interpret: bool = False):
