@@ -60,7 +60,7 @@ def check_supported(dtype, head_dim: int, block_q: int, block_k: int):
 def _register_layout_cast_on_cpu():
   """The GPU interpreter traces kernel bodies into CPU code, where `layout_cast` (which only tells the
   GPU lowering a register layout) has no rule in jax 0.10: on CPU it is the identity."""
-  from jax._src.interpreters import mlir
+  from jax.interpreters import mlir
   from jax._src.pallas.mosaic_gpu import core as gpu_core
   mlir.register_lowering(gpu_core.layout_cast_p, lambda ctx, x, new_layout: [x], platform="cpu")
 
