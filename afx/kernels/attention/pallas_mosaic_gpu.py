@@ -95,15 +95,16 @@ def _matmul(a, b, shape, interpret: bool, transpose_b: bool = False, after_issue
   """`a @ b` (or `a @ bᵀ`) in float32: `wgmma` with `a` from shared memory or registers and `b` from
   shared memory; `after_issue()` runs once the wgmma is issued, before waiting for its result.
 
-  The interpreter (jax 0.10) cannot read a transposed ref in `wgmma`, so in interpret mode the
-  product is an ordinary dot of the loaded values; the CUDA lowering test covers the wgmma.
+  JAX's GPU interpreter cannot run this `wgmma` (jax 0.10 reads no transposed operand, 0.11 no
+  scoped accumulator), so in interpret mode the product is an ordinary dot of the loaded values; the
+  CUDA lowering test covers the wgmma.
   """
   if interpret:
     product = jax.lax.dot_general(_value(a), _value(b), (((1,), (1 if transpose_b else 0,)), ((), ())),
                                   preferred_element_type=jnp.float32)
     after_issue()
     return product
-  b = plgpu.transpose_ref(b, (1, 0)) if transpose_b else b
+  b = b.transpose((1, 0)) if transpose_b else b
 
   def run(acc_ref):
     plgpu.wgmma(acc_ref, a, b)
@@ -149,6 +150,19 @@ def _allowed(plan: masks.Plan, q_first, k_first, shape):
 def _free_logsumexp(lse):
   """Logsumexp with -inf (a row that sees no key) replaced by 0, in log2 units."""
   return jnp.where(lse == -jnp.inf, 0.0, lse) * LOG2_E
+
+
+def _release(*free_slots, fence: bool):
+  """Hand ring slots back to the memory warpgroup once this warpgroup has read them.
+
+  TMA refills a slot through the async proxy, so reads of it by generic loads (`ref[...]`) must be
+  ordered before that write by a proxy fence (`commit_smem`).  `wgmma` reads through the async proxy
+  and needs none on a GPU; JAX's interpreter records every read as generic, so there it needs one too.
+  """
+  if fence:
+    plgpu.commit_smem()
+  for slot in free_slots:
+    plgpu.barrier_arrive(slot)
 
 
 def _stream(ref_slices, smem, ready, free, lo, hi):
@@ -223,7 +237,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
       plgpu.barrier_wait(k_ready.at[slot])
       my_turn()
       s = _matmul(q_tile, k_smem.at[slot], (ROWS, plan.block_k), interpret, transpose_b=True, after_issue=hand_over)
-      plgpu.barrier_arrive(k_free.at[slot])
+      _release(k_free.at[slot], fence=interpret)
       s = s * score_scale
       if masked:
         allowed = _allowed(plan, row0 + plan.q_offset, k_block * plan.block_k, s.shape)
@@ -238,7 +252,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, out_ref, lse_ref, q_smem, k_smem, v_sme
       plgpu.barrier_wait(v_ready.at[slot])
       my_turn()
       acc = _matmul_add(acc, p.astype(v_smem.dtype), v_smem.at[slot], interpret, after_issue=hand_over)
-      plgpu.barrier_arrive(v_free.at[slot])
+      _release(v_free.at[slot], fence=interpret)
       return m_new, l, acc
 
     state = (_rows(jnp.full((ROWS,), masks.MASK_VALUE, jnp.float32)), _rows(jnp.zeros((ROWS,), jnp.float32)),
@@ -320,11 +334,14 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
     def visit(q_tile, grads, masked):
       dk, dv = grads
       slot = jax.lax.rem(q_tile - lo, STAGES)
-      plgpu.barrier_wait(q_ready.at[slot])
       plgpu.barrier_wait(lse_ready.at[slot])
+      plgpu.barrier_wait(delta_ready.at[slot])
+      lse = _free_logsumexp(_vector(lse_smem.at[slot], columns))
+      delta = _vector(delta_smem.at[slot], columns)
+      _release(lse_free.at[slot], delta_free.at[slot], fence=True)
+      plgpu.barrier_wait(q_ready.at[slot])
       s_t = _matmul(k_tile, q_smem.at[slot], shape, interpret, transpose_b=True) * (plan.scale * LOG2_E)
-      p_t = jnp.exp2(s_t - _along_columns(_free_logsumexp(_vector(lse_smem.at[slot], columns)), shape))
-      plgpu.barrier_arrive(lse_free.at[slot])
+      p_t = jnp.exp2(s_t - _along_columns(lse, shape))
       if masked:
         allowed_t = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA) + key0
         q_pos = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA) + q_tile * ROWS + plan.q_offset
@@ -332,12 +349,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
       plgpu.barrier_wait(do_ready.at[slot])
       dv = _matmul_add(dv, p_t.astype(do_smem.dtype), do_smem.at[slot], interpret)
       dp_t = _matmul(v_tile, do_smem.at[slot], shape, interpret, transpose_b=True)
-      plgpu.barrier_arrive(do_free.at[slot])
-      plgpu.barrier_wait(delta_ready.at[slot])
-      ds_t = p_t * (dp_t - _along_columns(_vector(delta_smem.at[slot], columns), shape))
-      plgpu.barrier_arrive(delta_free.at[slot])
+      _release(do_free.at[slot], fence=interpret)
+      ds_t = p_t * (dp_t - _along_columns(delta, shape))
       dk = _matmul_add(dk, ds_t.astype(q_smem.dtype), q_smem.at[slot], interpret)
-      plgpu.barrier_arrive(q_free.at[slot])
+      _release(q_free.at[slot], fence=interpret)
       return dk, dv
 
     zeros = _tile(jnp.zeros((ROWS, head_dim), jnp.float32))
@@ -390,10 +405,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem, 
         p = jnp.where(_allowed(plan, row0 + plan.q_offset, k_block * plan.block_k, shape), p, 0.0)
       plgpu.barrier_wait(v_ready.at[slot])
       dp = _matmul(do_tile, v_smem.at[slot], shape, interpret, transpose_b=True)
-      plgpu.barrier_arrive(v_free.at[slot])
+      _release(v_free.at[slot], fence=interpret)
       ds = p * (dp - _along_rows(delta, shape))
       dq = _matmul_add(dq, ds.astype(k_smem.dtype), k_smem.at[slot], interpret)
-      plgpu.barrier_arrive(k_free.at[slot])
+      _release(k_free.at[slot], fence=interpret)
       return dq
 
     dq = masks.visit_blocks((lo, hi), interior, visit, _tile(jnp.zeros((ROWS, head_dim), jnp.float32)))
