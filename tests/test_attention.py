@@ -1,5 +1,6 @@
 """Blocked attention (pure JAX; Pallas TPU, Triton and Mosaic GPU in interpret mode) against the dense float32 oracle."""
 
+import importlib
 import itertools
 
 import jax
@@ -250,20 +251,25 @@ def test_mosaic_gpu_pipeline_has_no_races_and_observes_every_barrier_phase():
   assert not interpret_pallas_call.get_races().races_found
 
 
+@pytest.mark.parametrize("implementation,custom_call", [("pallas_gpu", "__gpu$xla.gpu.triton"), (MOSAIC, "mosaic_gpu")])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_mosaic_gpu_kernels_lower_for_cuda_without_a_gpu(head_dim):
-  """The CUDA lowering checks what the interpreter does not: shared-memory tiling and swizzle for
-  wgmma and TMA, register layouts, barrier types."""
-  from afx.kernels.attention import pallas_mosaic_gpu
-  plan = masks.Plan(q_len=1000, k_len=1000, block_q=128, block_k=128, causal=True, window=300, scale=0.125)
+def test_gpu_kernels_lower_for_an_h200_without_a_gpu(implementation, custom_call, head_dim):
+  """Lowering for CUDA checks what the interpreters do not: Triton's block shapes and ops; Mosaic
+  GPU's shared-memory tiling and swizzle for wgmma and TMA, register layouts, barrier types.  The
+  abstract H200 stands in for the device that jax 0.11's Triton lowering asks for."""
+  module = importlib.import_module(f"afx.kernels.attention.{implementation}")
+  block_q, block_k = default_blocks(implementation, 1000, 1000, head_dim)
+  plan = masks.Plan(q_len=1000, k_len=1000, block_q=block_q, block_k=block_k, causal=True, window=300, scale=0.125)
   q = jax.ShapeDtypeStruct((2, 4, plan.q_padded, head_dim), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((2, 2, plan.k_padded, head_dim), jnp.bfloat16)
   lse = jax.ShapeDtypeStruct((2, 4, plan.q_padded), jnp.float32)
-  passes = {"forward": (lambda *x: pallas_mosaic_gpu.forward(*x, plan), (q, kv, kv)),
-            "backward": (lambda *x: pallas_mosaic_gpu.backward(*x, plan), (q, kv, kv, q, lse, q, lse))}
-  for name, (fn, args) in passes.items():
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("custom_call @mosaic_gpu") == (1 if name == "forward" else 2), name
+  h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+  passes = {"forward": (lambda *x: module.forward(*x, plan), (q, kv, kv)),
+            "backward": (lambda *x: module.backward(*x, plan), (q, kv, kv, q, lse, q, lse))}
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("data",), abstract_device=h200)):
+    for name, (fn, args) in passes.items():
+      text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+      assert text.count(f"custom_call @{custom_call}") == (1 if name == "forward" else 2), name
 
 
 def test_mosaic_gpu_kernel_rejects_float32_and_other_blocks_with_the_fix():
