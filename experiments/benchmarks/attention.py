@@ -11,6 +11,8 @@ subprocess: peak memory is that process's own (max RSS on CPU, the allocator's p
 an out-of-memory failure becomes a table entry.  On CPU, a configuration whose XLA buffer plan
 (`compiled.memory_analysis()`) exceeds the machine's available memory is recorded as OOM without
 running it, since the kernel would kill it.  Ratios, not absolute times, carry between machines.
+The rows the summary reads run first and `--out` is rewritten after every row, so `--budget SECONDS`
+(or a killed run) cuts only the rest of the sweep.
 """
 
 import argparse
@@ -30,6 +32,7 @@ BATCH, HEADS = 1, 8
 WINDOW = 1024
 IMPLEMENTATIONS = {"cpu": ("xla", "blockwise"), "gpu": ("xla", "cudnn", "blockwise", "pallas_gpu", "pallas_mosaic_gpu"),
                    "tpu": ("xla", "blockwise", "pallas_tpu")}
+PALLAS_GPU = ("pallas_gpu", "pallas_mosaic_gpu")
 
 
 def attended_pairs(seq: int, window: int | None) -> int:
@@ -68,10 +71,12 @@ def measure(spec: dict) -> dict:
     if planned > 0.9 * available_bytes():
       return dict(result, status="oom", note=f"XLA plans {planned / 2**30:.1f} GiB; {available_bytes() / 2**30:.1f} GiB available")
 
-  def timed(fn, budget_seconds=30.0, repeats=3):
+  def timed(fn, budget_seconds=30.0):
+    """Median of at least 3 calls; calls of a few milliseconds (a GPU's) repeat for about a second,
+    so that launch jitter does not decide a ratio."""
     jax.block_until_ready(fn(q, k, v))  # compile and warm up
     times = []
-    while len(times) < repeats and sum(times) < budget_seconds:
+    while sum(times) < budget_seconds and (len(times) < 3 or (sum(times) < 1.0 and len(times) < 50)):
       start = time.perf_counter()
       jax.block_until_ready(fn(q, k, v))
       times.append(time.perf_counter() - start)
@@ -106,9 +111,13 @@ def add_ratios(rows: list[dict]) -> None:
         row[f"speedup_vs_{baseline}"] = times[key] / row["forward_backward_s"]
 
 
+def row_key(row: dict) -> tuple:
+  return row["implementation"], row["seq"], row["head_dim"], row["window"]
+
+
 def find(rows, implementation, seq, head_dim, window):
   for row in rows:
-    if (row["implementation"], row["seq"], row["head_dim"], row["window"]) == (implementation, seq, head_dim, window):
+    if row_key(row) == (implementation, seq, head_dim, window):
       return row if row["status"] == "ok" else None
   return None
 
@@ -116,6 +125,16 @@ def find(rows, implementation, seq, head_dim, window):
 def fastest(rows, implementations, seq, head_dim, window):
   found = [row for name in implementations if (row := find(rows, name, seq, head_dim, window))]
   return min(found, key=lambda row: row["forward_backward_s"], default=None)
+
+
+def headline_rows(backend: str) -> set[tuple]:
+  """(implementation, N, head_dim, window) of every row `summary` reads: measured first."""
+  if backend == "cpu":
+    return {("xla", 8192, 64, None), ("blockwise", 8192, 64, WINDOW), ("blockwise", 32768, 64, None)}
+  if backend == "gpu":
+    pallas = [(name, 32768, 64, window) for name in PALLAS_GPU for window in (None, WINDOW)]
+    return {("cudnn", 16384, 64, None), *((name, 16384, 64, None) for name in PALLAS_GPU), *pallas}
+  return set()
 
 
 def summary(rows: list[dict], backend: str) -> dict:
@@ -127,11 +146,10 @@ def summary(rows: list[dict], backend: str) -> dict:
                                                              find(rows, "blockwise", 8192, 64, WINDOW)),
             "cpu_blockwise_peak_gib_32k": blockwise_32k["peak_gib"] if blockwise_32k else None}
   if backend == "gpu":  # the faster Pallas kernel: Mosaic GPU on Hopper, Triton elsewhere
-    pallas = ("pallas_gpu", "pallas_mosaic_gpu")
     return {"gpu_pallas_vs_cudnn_causal_16k_d64": ratio(find(rows, "cudnn", 16384, 64, None),
-                                                        fastest(rows, pallas, 16384, 64, None)),
-            "gpu_window1024_vs_causal_speedup_32k": ratio(fastest(rows, pallas, 32768, 64, None),
-                                                          fastest(rows, pallas, 32768, 64, WINDOW))}
+                                                        fastest(rows, PALLAS_GPU, 16384, 64, None)),
+            "gpu_window1024_vs_causal_speedup_32k": ratio(fastest(rows, PALLAS_GPU, 32768, 64, None),
+                                                          fastest(rows, PALLAS_GPU, 32768, 64, WINDOW))}
   return {}
 
 
@@ -160,6 +178,8 @@ def main() -> None:
   parser.add_argument("--head-dims", default="64,128")
   parser.add_argument("--implementations", default=None, help="comma list; default: all on this backend")
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+  parser.add_argument("--budget", type=float, default=None,
+                      help="seconds for the whole sweep; rows not measured by then are recorded as skipped")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -169,19 +189,38 @@ def main() -> None:
     return
 
   info = machine()
-  implementations = args.implementations.split(",") if args.implementations else IMPLEMENTATIONS[info["backend"]]
-  rows = []
-  for seq in (int(s) for s in args.seq.split(",")):
-    for head_dim in (int(d) for d in args.head_dims.split(",")):
-      for window in (None, WINDOW):
-        for implementation in implementations:
-          spec = {"implementation": implementation, "seq": seq, "head_dim": head_dim, "window": window}
-          row = run_worker(__file__, spec, args.timeout)
-          rows.append(row)
-          print(f"  {implementation:10s} N={seq:6d} D={head_dim:3d} window={window}: {row['status']} "
-                f"{row.get('forward_backward_s', '')}", file=sys.stderr, flush=True)
-  add_ratios(rows)
-  result = write_result(args.out, info, rows, summary(rows, info["backend"]))
+  backend = info["backend"]
+  implementations = args.implementations.split(",") if args.implementations else IMPLEMENTATIONS[backend]
+  specs = [{"implementation": implementation, "seq": seq, "head_dim": head_dim, "window": window}
+           for seq in (int(s) for s in args.seq.split(","))
+           for head_dim in (int(d) for d in args.head_dims.split(","))
+           for window in (None, WINDOW) for implementation in implementations]
+  # The rows the summary reads go first, so that a time budget cuts only the others.
+  headline = headline_rows(backend)
+  order = sorted(range(len(specs)), key=lambda i: row_key(specs[i]) not in headline)
+  deadline = time.monotonic() + (args.budget if args.budget else float("inf"))
+  rows = [None] * len(specs)
+
+  def save() -> dict:
+    done = [row for row in rows if row is not None]
+    add_ratios(done)
+    return write_result(args.out, info, done, summary(done, backend))
+
+  timed_out = {}  # implementation → shortest N at which it ran out of time: longer rows are not tried
+  for i in order:
+    spec, left = specs[i], deadline - time.monotonic()
+    if left <= 1:
+      row = dict(spec, status="skipped", note=f"past the {args.budget:.0f} s budget")
+    elif spec["seq"] >= timed_out.get(spec["implementation"], float("inf")):
+      row = dict(spec, status="skipped", note=f"timed out at N={timed_out[spec['implementation']]}")
+    else:
+      row = run_worker(__file__, spec, min(args.timeout, left))
+    if row["status"] == "timeout":
+      timed_out[spec["implementation"]] = min(spec["seq"], timed_out.get(spec["implementation"], spec["seq"]))
+    rows[i] = row
+    print(f"  {spec['implementation']:10s} N={spec['seq']:6d} D={spec['head_dim']:3d} window={spec['window']}: "
+          f"{row['status']} {row.get('forward_backward_s', '')}", file=sys.stderr, flush=True)
+    result = save()  # a sweep killed part-way keeps what it has measured
   print(format_table(rows))
   print(json.dumps(result["summary"], indent=2))
 

@@ -3,6 +3,8 @@
 # the GPU tests (cuDNN, Triton and Mosaic GPU kernels compiled for the device, against the dense
 # reference), then the attention benchmark at the lengths the targets name.  Runs from the repository
 # root with the machine's own python3 and packages (jax with CUDA, pytest); nothing is installed.
+# At most 150 s of tests and 270 s of benchmark (the rows the summary needs first, the JSON rewritten
+# after every row), so it ends well inside one 600 s device call and leaves time for a second run.
 #
 #   bash experiments/benchmarks/gpu_checks.sh OUT_DIR
 #
@@ -16,9 +18,9 @@ export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYT
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import jax; print(jax.__version__, jax.devices())" >> "$out/gpu.txt" 2>&1
 
-timeout 240 python3 -m pytest -p no:cacheprovider -q -rs -m gpu tests/test_attention_gpu.py 2>&1 | tee "$out/gpu_tests.txt"
+timeout 150 python3 -m pytest -p no:cacheprovider -v -rs -m gpu tests/test_attention_gpu.py 2>&1 | tee "$out/gpu_tests.txt"
 tests=${PIPESTATUS[0]}
-timeout 420 python3 experiments/benchmarks/attention.py --seq 16384,32768 --head-dims 64 --timeout 90 \
+timeout 300 python3 experiments/benchmarks/attention.py --seq 16384,32768 --head-dims 64 --timeout 90 --budget 270 \
   --out "$out/attention_gpu.json" 2>&1 | tee "$out/attention_gpu.txt"
 bench=${PIPESTATUS[0]}
 echo "gpu tests exit $tests, benchmark exit $bench"
