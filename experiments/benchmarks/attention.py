@@ -215,8 +215,8 @@ def main() -> None:
       row = dict(spec, status="skipped", note=f"timed out at N={timed_out[spec['implementation']]}")
     else:
       row = run_worker(__file__, spec, min(args.timeout, left))
-    if row["status"] == "timeout":
-      timed_out[spec["implementation"]] = min(spec["seq"], timed_out.get(spec["implementation"], spec["seq"]))
+    if row["status"] == "timeout":  # any longer row of it has been skipped, so this N is its shortest
+      timed_out[spec["implementation"]] = spec["seq"]
     rows[i] = row
     print(f"  {spec['implementation']:10s} N={spec['seq']:6d} D={spec['head_dim']:3d} window={spec['window']}: "
           f"{row['status']} {row.get('forward_backward_s', '')}", file=sys.stderr, flush=True)
