@@ -6,8 +6,8 @@
   0.40 → 0.20 s) and speeds AST's patch embedding too.
 - jaxlib 0.11 runs an FFT on a worker of XLA's Eigen thread pool and has it fan out into the same
   pool: when several devices' FFTs (every log-mel front end) start at once, each worker waits for a
-  free one and the process hangs (8 simulated devices, six FFTs in one step: stuck within a few steps;
-  0.10 and 0.12 finish).  Keeping Eigen single-threaded avoids it; matmuls and convolutions run on
+  free one and the process hangs (8 simulated devices, six FFTs and an all-reduce in one step: stuck
+  within a few steps; 0.10 and 0.12 finish).  Keeping Eigen single-threaded avoids it; matmuls and convolutions run on
   YNNPACK's threads and keep their speed (fwd+bwd blockwise attention at 4k and a 1024² MLP gradient
   timed the same with and without).
 
