@@ -33,12 +33,15 @@ def _jaxlib_version() -> tuple[int, int]:
   return int(major), int(minor)
 
 
+def flags_for_this_jaxlib() -> list[str]:
+  return [flag for flag, versions in CPU_COMPILER_FLAGS.items() if _jaxlib_version() in versions]
+
+
 def add_cpu_compiler_flags() -> list[str]:
   """Append this jaxlib's flags to `XLA_FLAGS`, except those already set; returns those added."""
   present = os.environ.get("XLA_FLAGS", "").split()
   present_names = {flag.split("=")[0] for flag in present}
-  added = [flag for flag, versions in CPU_COMPILER_FLAGS.items()
-           if _jaxlib_version() in versions and flag.split("=")[0] not in present_names]
+  added = [flag for flag in flags_for_this_jaxlib() if flag.split("=")[0] not in present_names]
   if added:
     os.environ["XLA_FLAGS"] = " ".join(present + added)
   return added

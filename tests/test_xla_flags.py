@@ -69,17 +69,18 @@ print(np.abs(got - want).max() / np.abs(want).max())
 """
 
 
-def test_this_jaxlib_accepts_the_flags_and_computes_conv_gradients_with_them():
+def run_without_xla_flags(script: str, timeout: float) -> subprocess.CompletedProcess:
+  """`python -c script` in a process whose XLA_FLAGS only afx's `add_cpu_compiler_flags` sets."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  done = subprocess.run([sys.executable, "-c", CONV_GRADIENT], capture_output=True, text=True, env=env, timeout=300)
+  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_this_jaxlib_accepts_the_flags_and_computes_conv_gradients_with_them():
+  done = run_without_xla_flags(CONV_GRADIENT, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]  # an undefined flag would abort the process here
   added, relative_error = done.stdout.strip().splitlines()[-2:]
-  assert added == str(flags_for_this_jaxlib())
+  assert added == str(xla_flags.flags_for_this_jaxlib())
   assert float(relative_error) < 1e-5
-
-
-def flags_for_this_jaxlib() -> list[str]:
-  return [flag for flag, versions in xla_flags.CPU_COMPILER_FLAGS.items() if xla_flags._jaxlib_version() in versions]
 
 
 # Six FFTs in one step on each of 8 devices, then a sum across them, as a training step's log-mel front
@@ -102,12 +103,11 @@ print(abs(got - want) / want)
 
 
 def test_several_devices_run_ffts_at_once_without_hanging():
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   try:
-    done = subprocess.run([sys.executable, "-c", CONCURRENT_FFTS], capture_output=True, text=True, env=env, timeout=180)
+    done = run_without_xla_flags(CONCURRENT_FFTS, timeout=180)
   except subprocess.TimeoutExpired:
     pytest.fail(f"20 steps of FFTs on 8 CPU devices hung (jaxlib {xla_flags._jaxlib_version()}, "
-                f"flags {flags_for_this_jaxlib()})")
+                f"flags {xla_flags.flags_for_this_jaxlib()})")
   assert done.returncode == 0, done.stderr[-2000:]
   assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
 
