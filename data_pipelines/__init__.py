@@ -10,7 +10,9 @@ Known datasets: ``synth_events`` (procedural, built in about a minute), ``synth_
 
 from data_pipelines.builders import (
     BuildReport,
+    DatasetInfo,
     class_names,
+    dataset_info,
     default_data_dir,
     get_builder,
     known_names,
@@ -21,7 +23,9 @@ from data_pipelines.builders import (
 
 __all__ = [
     "BuildReport",
+    "DatasetInfo",
     "class_names",
+    "dataset_info",
     "default_data_dir",
     "get_builder",
     "known_names",

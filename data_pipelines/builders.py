@@ -391,8 +391,8 @@ class ManualDirBuilder(ReportingBuilder, skip_registration=True):
   * ``check_layout(manual_dir)``: raises DataError unless the directory holds what a build needs
     (also when ``manual_dir`` is None); called by the constructor and before a build.
   * ``read_class_names(manual_dir)``: the label names, in label-index order.
-  * ``load_example(item, *, sample_rate)``: a module-level function (worker processes pickle it)
-    returning an example or a ``Skip``.
+  * ``load_example(item, **example_load_kwargs())``: a module-level function (worker processes pickle
+    it) returning an example or a ``Skip``; ``example_load_kwargs`` gives ``sample_rate``.
   * ``split_items()``: (split, [(key, item for load_example)]) for each split, counting the rows
     it cannot use in ``self.build_report``; called after ``check_layout``.
   """
@@ -415,6 +415,10 @@ class ManualDirBuilder(ReportingBuilder, skip_registration=True):
     """(split, [(key, item for ``load_example``)]) for each split; see the class docstring."""
     raise NotImplementedError
 
+  def example_load_kwargs(self) -> dict[str, Any]:
+    """The keyword arguments ``load_example`` takes besides its item."""
+    return {"sample_rate": self.builder_config.sample_rate}
+
   def _info(self) -> tfds.core.DatasetInfo:
     names = self.read_class_names(self.manual_dir) if self.manual_dir is not None else None
     return tfds.core.DatasetInfo(
@@ -428,7 +432,7 @@ class ManualDirBuilder(ReportingBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # the manual directory is known from the constructor
     self.check_layout(self.manual_dir)
-    load = functools.partial(type(self).load_example, sample_rate=self.builder_config.sample_rate)
+    load = functools.partial(type(self).load_example, **self.example_load_kwargs())
     return self.file_split_generators(
         self.split_items(), load, num_workers=self.num_workers,
         nothing_usable=f"{self.manual_dir}: no usable {self.DISPLAY_NAME} clip",
@@ -531,6 +535,42 @@ def prepare(
 def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
   """The dataset's label names, in label-index order."""
   return list(builder.info.features["labels"].feature.names)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a task and a model need to know of a dataset.
+
+  ``class_names``: label names in label-index order, or None for a dataset without clip labels;
+  ``vocabulary``: the characters its transcripts use, or None for a dataset without text.
+  """
+
+  sample_rate: int
+  class_names: tuple[str, ...] | None = None
+  vocabulary: tuple[str, ...] | None = None
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names or ())
+
+  def to_json(self) -> dict[str, Any]:
+    return {"sample_rate": self.sample_rate,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+            "vocabulary": list(self.vocabulary) if self.vocabulary is not None else None}
+
+  @classmethod
+  def from_json(cls, payload: dict[str, Any]) -> "DatasetInfo":
+    """The info of a ``dataset.json`` (older files hold just ``sample_rate`` and ``class_names``)."""
+    as_tuple = lambda key: tuple(payload[key]) if payload.get(key) is not None else None
+    return cls(int(payload["sample_rate"]), as_tuple("class_names"), as_tuple("vocabulary"))
+
+
+def dataset_info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+  """The ``DatasetInfo`` of a built dataset: its sample rate, label names and transcript characters."""
+  features = builder.info.features
+  names = tuple(class_names(builder)) if "labels" in features else None
+  vocabulary = (builder.info.metadata or {}).get("vocabulary")
+  return DatasetInfo(sample_rate(builder), names, tuple(vocabulary) if vocabulary is not None else None)
 
 
 def sample_rate(builder: tfds.core.DatasetBuilder) -> int:

@@ -1,11 +1,21 @@
 """Grain input pipelines over random-access sources of `{"audio": int16[n], "labels": int[k]}` records.
 
-Training: this process's shard of the clips, shuffled anew each epoch, a random crop (or zero pad)
-to `clip_samples`, batched; the iterator's state goes into checkpoints so a resumed run sees exactly
-the batches an uninterrupted one would.  Evaluation: every clip cut into sliding windows; the
-model's window scores are averaged per clip by the caller.  Everything here is host-side NumPy.
+A task names how its batches are cut with a batching strategy; each strategy has `train(source, ...)`
+(an endless, checkpointable grain dataset of this process's batches) and `evaluate(source, ...)`
+(every example of a split exactly once, padded to whole batches):
+
+  Crops       training: this process's shard of the clips, shuffled anew each epoch, a random crop
+              (or zero pad) to `clip_samples`, batched; the iterator's state goes into checkpoints so
+              a resumed run sees exactly the batches an uninterrupted one would
+  Windows     evaluation: every clip cut into sliding windows; the model's window scores are
+              averaged per clip by the caller
+  Utterances  whole utterances padded to a few static lengths, with their tokens
+              (`data_pipelines.utterances`)
+
+Everything here is host-side NumPy.
 """
 
+import dataclasses
 from typing import Iterator, Sequence
 
 import grain
@@ -139,3 +149,40 @@ def average_by_clip(num_clips: int, scores: np.ndarray, clips: np.ndarray,
   clip_targets[clips] = targets
   seen = counts > 0
   return sums[seen] / counts[seen, None], clip_targets[seen]
+
+
+@dataclasses.dataclass(frozen=True)
+class Crops:
+  """Training batches of one random `clip_samples` crop per clip, with multi-hot `targets` over `num_classes`."""
+  clip_samples: int
+  num_classes: int
+
+  def train(self, source: Sequence, *, batch_size: int, seed: int, process_index: int = 0,
+            process_count: int = 1, num_threads: int = 4) -> grain.IterDataset:
+    """This process's share of global batches of `batch_size` (see `train_dataset`)."""
+    return train_dataset(source, clip_samples=self.clip_samples, num_classes=self.num_classes,
+                         local_batch_size=batch_size // process_count, seed=seed, process_index=process_index,
+                         process_count=process_count, num_threads=num_threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Evaluation batches of sliding `clip_samples` windows at `hop_samples` over every clip (see `eval_batches`)."""
+  clip_samples: int
+  hop_samples: int
+  num_classes: int
+
+  def _arguments(self, batch_size: int, process_index: int, process_count: int) -> dict:
+    return dict(clip_samples=self.clip_samples, hop_samples=self.hop_samples,
+                local_batch_size=batch_size // process_count, process_index=process_index,
+                process_count=process_count)
+
+  def count_batches(self, source: Sequence, *, batch_size: int, process_index: int = 0,
+                    process_count: int = 1) -> int:
+    """How many batches `evaluate` gives this process before padding to `num_batches`."""
+    return count_eval_batches(source, **self._arguments(batch_size, process_index, process_count))
+
+  def evaluate(self, source: Sequence, *, batch_size: int, process_index: int = 0, process_count: int = 1,
+               num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    return eval_batches(source, num_classes=self.num_classes, num_batches=num_batches,
+                        **self._arguments(batch_size, process_index, process_count))

@@ -72,6 +72,7 @@ from afx.train.config import table_variant
 
 TITLE = "Gong, Chung & Glass 2021: AST, Audio Spectrogram Transformer (AudioSet mAP, ESC-50 accuracy)"
 METRIC = "mAP"
+COLUMNS = ("d_prime",)
 FOLDS = tuple(range(1, 6))
 ROWS = {
     "audioset_balanced": {"label": "AST, ImageNet init, balanced AudioSet", "paper": 0.347},

@@ -85,6 +85,7 @@ from afx.train.config import table_variant
 
 TITLE = "Koutini et al. 2021: PaSST, patchout spectrogram transformers (AudioSet mAP, downstream)"
 METRIC = "mAP"
+COLUMNS = ("d_prime",)
 FOLDS = tuple(range(1, 6))
 ROWS = {
     "passt_s": {"label": "PaSST-S, structured patchout, stride 10", "paper": 0.471},

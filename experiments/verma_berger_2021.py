@@ -39,6 +39,7 @@ import ml_collections
 
 TITLE = "Verma & Berger 2021: Audio Transformers on raw waveforms (FSD50K eval mAP)"
 METRIC = "mAP"
+COLUMNS = ("d_prime",)
 ROWS = {
     "small": {"label": "Small Transformer", "paper": 0.469, "paper_params": 900_000},
     "large": {"label": "Large Transformer (6 layers)", "paper": 0.525, "paper_params": 2_300_000},

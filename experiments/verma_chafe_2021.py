@@ -52,6 +52,7 @@ import ml_collections
 
 TITLE = "Verma & Chafe 2021: raw-audio next-sample prediction (top-5 accuracy)"
 METRIC = "top5_accuracy"
+COLUMNS = ("top1_accuracy", "nll_bits")
 ROWS = {
     "wavenet10": {"label": "WaveNet, 10 layers, 128 filters", "paper": 0.74},
     "wavenet30": {"label": "Stacked WaveNet, 30 layers, 128 filters", "paper": 0.76},

@@ -50,6 +50,7 @@ import ml_collections
 
 TITLE = "Verma & Smith 2020: linear-probe accuracy of learned audio representations"
 METRIC = "accuracy"
+NOTES = {"chance": "Chance (always the most frequent class)"}
 CODE_SIZES = (16, 64, 256, 1024)
 DEFAULT_CODES = 256
 ROWS = {

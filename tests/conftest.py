@@ -66,6 +66,7 @@ from afx.train.config import load_module
 
 _EXPERIMENT = load_module({experiment!r})
 TITLE, METRIC, ROWS, BASELINES = _EXPERIMENT.TITLE, _EXPERIMENT.METRIC, _EXPERIMENT.ROWS, _EXPERIMENT.BASELINES
+COLUMNS = _EXPERIMENT.COLUMNS
 
 
 def get_config(variant=None):
@@ -109,7 +110,7 @@ from afx.train.config import load_config
 from afx.train.config import load_module
 
 _EXPERIMENT = load_module({experiment!r})
-TITLE, METRIC, ROWS = _EXPERIMENT.TITLE, _EXPERIMENT.METRIC, _EXPERIMENT.ROWS
+TITLE, METRIC, ROWS, NOTES = _EXPERIMENT.TITLE, _EXPERIMENT.METRIC, _EXPERIMENT.ROWS, _EXPERIMENT.NOTES
 
 
 def _shrink(config):

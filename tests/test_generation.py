@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from afx.models import RawTransformer, WaveNet, build_model, parameter_count
-from afx.tasks import generation
+from afx.tasks import generation, make_task
+from data_pipelines import DatasetInfo
 from afx.train import load_config
 from afx.train.config import load_module
 
@@ -190,8 +191,8 @@ def test_paper_scale_models_have_their_shapes_without_allocating():
   for row in experiment.ROWS:
     config = load_config(f"{EXPERIMENT}:{row}")
     past = config.data.past_samples
-    model = build_model(config.model, num_classes=256, context_samples=config.data.context_samples,
-                        past_samples=past)
+    task = make_task(config, DatasetInfo(16000, ("piano",)))
+    model = build_model(config.model, **task.model_kwargs())
     inputs = jax.ShapeDtypeStruct((2, past + config.data.context_samples), jnp.int32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), inputs)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, inputs)

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data_pipelines import DatasetInfo
 from afx.errors import ConfigError
 from afx.models import passt
 from afx.models.ast import AST, merge_params, params_from_timm
 from afx.train import apply_overrides, load_config, load_run, make_run, train
-from afx.train.convert import init_from_timm, read_state_dict
+from afx.train.weights import init_from_weights, read_state_dict
 
 # transformers 5's DeiT layer names → timm's; query, key and value are stacked into attn.qkv
 DEIT_TO_TIMM = {"attention.o_proj": "attn.proj", "layernorm_before": "norm1", "layernorm_after": "norm2",
@@ -196,6 +197,6 @@ def test_init_from_that_does_not_fit_is_a_config_error_naming_the_tensor(ast_con
   wide = r"wide\.npz does not fit model 'ast': patch_embed/kernel is \[16, 16, 1, 24\] in the file and \[16, 16, 1, 16\]"
   other_model = "into ast or passt models, not model 'audio_transformer'"
   for path, message in [(ast_config_path, wide), (f"{tiny_config_path}:small,tiny", other_model)]:
-    run = make_run(load_config(path), class_names=list("abcde"), sample_rate=16000)
+    run = make_run(load_config(path), DatasetInfo(16000, tuple("abcde")))
     with pytest.raises(ConfigError, match=message):  # raised before anything is placed on the devices
-      init_from_timm(run, run.abstract_state, weights)
+      init_from_weights(run, run.abstract_state, weights)

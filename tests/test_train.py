@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from data_pipelines import DatasetInfo
 from afx.errors import NonFiniteLossError
 from afx.train import apply_overrides, load_config, load_run, make_run, train
 
@@ -71,7 +72,7 @@ def test_one_device_and_eight_devices_take_the_same_step(tiny_config_path, atten
            "targets": (np.random.default_rng(1).random((16, 5)) < 0.3).astype(np.float32)}
   params, losses = [], []
   for devices in (jax.devices()[:1], jax.devices()):
-    run = make_run(config, class_names=list("abcde"), sample_rate=16000, devices=devices)
+    run = make_run(config, DatasetInfo(16000, tuple("abcde")), devices=devices)
     state = run.init(jax.random.key(0))
     for _ in range(2):
       state, metrics = run.train_step(state, run.to_global(batch))
@@ -89,7 +90,7 @@ def test_fsdp_shards_large_parameters_and_matches_data_parallel(tiny_config_path
            "samples": np.full(16, 16000, np.int32), "targets": np.eye(5, dtype=np.float32)[np.arange(16) % 5]}
   results = []
   for fsdp in (1, 4):
-    run = make_run(apply_overrides(config, [f"fsdp={fsdp}", "optimizer.name=sgd", "model.frontend_hidden=64"]), class_names=list("abcde"), sample_rate=16000)
+    run = make_run(apply_overrides(config, [f"fsdp={fsdp}", "optimizer.name=sgd", "model.frontend_hidden=64"]), DatasetInfo(16000, tuple("abcde")))
     state, _ = run.train_step(run.init(jax.random.key(0)), run.to_global(batch))
     results.append(state)
   kernel = results[1].params["frontend"]["filters"]["kernel"]  # [400, 64]: big enough to split over fsdp
@@ -115,7 +116,7 @@ def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_good_checkpoi
 
 def test_state_is_created_sharded_without_a_host_copy(tiny_config_path):
   config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["fsdp=2", "model.frontend_hidden=64"])
-  run = make_run(config, class_names=list("abc"), sample_rate=16000)
+  run = make_run(config, DatasetInfo(16000, tuple("abc")))
   state = run.init(jax.random.key(0))
   shardings = jax.tree_util.tree_leaves(run.state_shardings)
   leaves = jax.tree_util.tree_leaves(state)
@@ -128,9 +129,9 @@ def test_batch_size_that_does_not_divide_over_the_devices_is_a_config_error(tiny
   from afx.errors import ConfigError
   config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"), ["batch_size=12"])
   with pytest.raises(ConfigError, match="batch_size 12 is not divisible by the 8 devices"):
-    make_run(config, class_names=list("abc"), sample_rate=16000)
+    make_run(config, DatasetInfo(16000, tuple("abc")))
   with pytest.raises(ConfigError, match="fsdp=3 must divide the 8 devices"):
-    make_run(apply_overrides(config, ["batch_size=16", "fsdp=3"]), class_names=list("abc"), sample_rate=16000)
+    make_run(apply_overrides(config, ["batch_size=16", "fsdp=3"]), DatasetInfo(16000, tuple("abc")))
 
 
 def write_fsd50k_layout(root, rng):

@@ -1,7 +1,9 @@
-"""Multi-head self-attention whose core is `afx.kernels.attention.dot_product_attention`.
+"""Multi-head self- and cross-attention whose core is `afx.kernels.attention.dot_product_attention`.
 
 The same parameters serve training over whole sequences and autoregressive decoding one position
-at a time from a key/value cache (`attention_cache`).
+at a time from a key/value cache (`attention_cache`).  Cross-attention (an encoder-decoder's decoder
+attending over the encoder output, `memory`) projects the memory once with `project_memory` and
+reuses its keys and values at every decoding step.
 """
 
 import flax.linen as nn
@@ -32,13 +34,17 @@ def cached_attention(q, keys, values, visible):
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention over `[batch, seq, features]` with a choosable attention implementation.
+  """Self-attention over `[batch, seq, features]`, or cross-attention over a `memory`, with a choosable
+  attention implementation.
+
+  Parameters: `query`, `key`, `value` (`[in, heads, head_dim]` kernels) and `out`; `key` and `value`
+  project `x` in self-attention and the memory in cross-attention.
 
   Attributes:
     num_heads: query heads.
     num_kv_heads: key/value heads (grouped-query attention); None means `num_heads`.
-    causal, window: masking, as in `dot_product_attention`.
-    rotary: rotate queries and keys by their positions (relative position information).
+    causal, window: masking of self-attention, as in `dot_product_attention`.
+    rotary: rotate queries and keys of self-attention by their positions (relative position information).
     attention_impl: implementation name passed to `dot_product_attention` (None: backend default).
   """
   num_heads: int
@@ -50,8 +56,48 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, positions=None, cache=None):
+  def _dense(self, name: str, x, features, axis=-1):
+    """Projection `name` of `x`, created on first use.  Flax allows one compact method, so `__call__` and
+    `project_memory` both reach the parameters (`query`, `key`, `value`, `out`) through this one."""
+    return nn.DenseGeneral(features, axis=axis, dtype=self.dtype, name=name)(x)
+
+  def _head_dim(self, features: int | None) -> int:
+    if features is None:  # cross-attention's memory alone does not tell the query width: the key kernel does
+      if not self.has_variable("params", "key"):
+        raise ValueError("project_memory needs the layer's parameters (initialise it on x and memory first) "
+                         "or the query width, features=")
+      return nn.unbox(self.variables["params"]["key"]["kernel"]).shape[-1]
+    if features % self.num_heads:
+      raise ValueError(f"features ({features}) must be divisible by num_heads ({self.num_heads})")
+    return features // self.num_heads
+
+  def _keys_values(self, source, head_dim: int):
+    kv_heads = self.num_kv_heads or self.num_heads
+    return (self._dense("key", source, (kv_heads, head_dim)), self._dense("value", source, (kv_heads, head_dim)))
+
+  def project_memory(self, memory, *, features: int | None = None) -> dict:
+    """Cross-attention keys and values of `memory` `[batch, m, features_m]`, to pass as `memory_kv`.
+
+    Returns `{"key", "value"}`, each `[batch, m, kv_heads, head_dim]`: an autoregressive decoder projects
+    the encoder output once and reuses it at every step.  `features` (the width of `x`) is needed only
+    before the parameters exist.
+    """
+    key, value = self._keys_values(memory, self._head_dim(features))
+    return {"key": key, "value": value}
+
+  def __call__(self, x, *, positions=None, cache=None, memory=None, memory_kv=None, q_lengths=None,
+               kv_lengths=None, return_weights: bool = False):
     """Whole sequence: `x` `[batch, seq, features]` → `[batch, seq, features]`.
+
+    Cross-attention: with `memory` `[batch, m, features_m]`, keys and values come from the memory
+    (causal, window and rotary apply to self-attention only); `memory_kv` is the same memory already
+    projected by `project_memory` (e.g. `x` of one decoding step `[batch, 1, features]`).
+
+    Padding: `kv_lengths` int32 `[batch]` hides keys `j >= kv_lengths[b]` (memory positions, or
+    self-attention positions); `q_lengths` int32 `[batch]` marks rows `i >= q_lengths[b]` of `x` as
+    padding, whose attention output is 0 (so the layer gives the `out` bias there).  With
+    `return_weights` it returns `(output, weights)`, the float32 probabilities `[batch, heads, seq, keys]`
+    (dense implementations only, see `dot_product_attention`).
 
     Decoding (`cache` given): `x` is `[batch, 1, features]` at absolute position `positions`
     (`[1]` int32, may be traced); returns the output and the cache with this position written
@@ -59,21 +105,32 @@ class MultiHeadAttention(nn.Module):
     within `window`).
     """
     features = x.shape[-1]
-    if features % self.num_heads:
-      raise ValueError(f"features ({features}) must be divisible by num_heads ({self.num_heads})")
-    head_dim = features // self.num_heads
-    kv_heads = self.num_kv_heads or self.num_heads
-    dense = lambda heads, name: nn.DenseGeneral((heads, head_dim), dtype=self.dtype, name=name)
-    q = dense(self.num_heads, "query")(x)
-    k = dense(kv_heads, "key")(x)
-    v = dense(kv_heads, "value")(x)
-    if self.rotary:
-      positions = jnp.arange(x.shape[1]) if positions is None else positions
-      q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
-    project = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name="out")
+    head_dim = self._head_dim(features)
+    if memory is not None and memory_kv is not None:
+      raise ValueError("pass either memory or its projection memory_kv, not both")
+    cross = memory is not None or memory_kv is not None
+    if cache is not None and (cross or q_lengths is not None or kv_lengths is not None or return_weights):
+      raise ValueError("cached decoding is self-attention over the cache: it takes no memory, lengths or "
+                       "return_weights (cross-attention decodes with memory_kv and no cache)")
+    q = self._dense("query", x, (self.num_heads, head_dim))
+    project = lambda y: self._dense("out", y, features, axis=(-2, -1))
+    if cross:
+      memory_kv = self.project_memory(memory, features=features) if memory_kv is None else memory_kv
+      k, v = memory_kv["key"], memory_kv["value"]
+      causal, window = False, None
+    else:
+      k, v = self._keys_values(x, head_dim)
+      causal, window = self.causal, self.window
+      if self.rotary:
+        positions = jnp.arange(x.shape[1]) if positions is None else positions
+        q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
     if cache is None:
-      return project(dot_product_attention(q, k, v, causal=self.causal, window=self.window,
-                                           implementation=self.attention_impl))
+      attended = dot_product_attention(q, k, v, causal=causal, window=window, implementation=self.attention_impl,
+                                       q_lengths=q_lengths, kv_lengths=kv_lengths, return_weights=return_weights)
+      if return_weights:
+        attended, weights = attended
+        return project(attended), weights
+      return project(attended)
     position = positions[0]
     slot = position % cache["position"].shape[0]
     cache = {"key": cache["key"].at[:, slot].set(k[:, 0].astype(cache["key"].dtype)),

@@ -1,11 +1,21 @@
-"""Rotary position embeddings (Su et al. 2021): attention scores that depend only on the offset.
+"""Position encodings: rotary embeddings (Su et al. 2021) and the sinusoids of Vaswani et al. 2017.
 
-Relative offsets are what lets a key/value cache slide past the training length: the cached
-keys keep their absolute rotation and a query at any position sees the same scores it would at
-that offset during training.
+Rotary embeddings make attention scores depend only on the offset.  Relative offsets are what lets
+a key/value cache slide past the training length: the cached keys keep their absolute rotation and
+a query at any position sees the same scores it would at that offset during training.
 """
 
 import jax.numpy as jnp
+
+
+def sinusoidal_encoding(positions, features: int, *, base: float = 10_000.0):
+  """`[..., features]` encodings of `positions [...]`: sin on the even dimensions, cos on the odd ones,
+  at wavelengths `base^(2i/features)` (ESPnet's `PositionalEncoding` table)."""
+  if features % 2:
+    raise ValueError(f"sinusoidal encodings need an even number of features, got {features}")
+  inverse_frequency = base ** (-jnp.arange(0, features, 2, dtype=jnp.float32) / features)
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * inverse_frequency
+  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*angles.shape[:-1], features)
 
 
 def rotary_embedding(x, positions, *, base: float = 10_000.0):

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 from scipy.stats import norm
 
+from afx.tasks.base import WindowBatching, register_task, seconds_to_samples
 from data_pipelines.pipeline import average_by_clip
 
 TASKS = ("multi_label", "single_label")
@@ -98,25 +99,27 @@ def headline_metric(task: str) -> str:
   return "mAP" if task == "multi_label" else "accuracy"
 
 
+@register_task(*TASKS)
 @dataclasses.dataclass(frozen=True)
-class ClassificationTask:
-  """Clip labels from fixed-length windows of audio; evaluation averages window scores per clip.
-
-  The trainer's view of a task (see `afx.tasks`): what the model is built with, what it sees,
-  what it is trained on and how its evaluation rows become metrics.
-  """
+class ClassificationTask(WindowBatching):
+  """Clip labels from fixed-length windows of audio; evaluation averages window scores per clip."""
   kind: str  # "multi_label" or "single_label"
   num_classes: int
   window_samples: int
   eval_hop_samples: int
+
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir=None):
+    return cls(config.task, info.num_classes, window_samples=seconds_to_samples(config.data, "clip_seconds", info.sample_rate),
+               eval_hop_samples=seconds_to_samples(config.data, "eval_hop_seconds", info.sample_rate))
 
   @property
   def headline_metric(self) -> str:
     return headline_metric(self.kind)
 
   @property
-  def eval_window_samples(self) -> int:
-    return self.window_samples
+  def dataset_classes(self) -> int:
+    return self.num_classes
 
   def model_kwargs(self) -> dict:
     return {"num_classes": self.num_classes}
@@ -129,7 +132,7 @@ class ClassificationTask:
     return batch["audio"], batch["samples"]
 
   def loss(self, outputs, batch):
-    return loss(outputs, batch["targets"], task=self.kind)
+    return loss(outputs, batch["targets"], task=self.kind), {}
 
   def eval_outputs(self, outputs, batch) -> dict:
     return {"scores": scores(outputs, task=self.kind), "clip": batch["clip"], "targets": batch["targets"]}
@@ -137,3 +140,7 @@ class ClassificationTask:
   def metrics(self, rows: dict[str, np.ndarray], num_clips: int) -> dict:
     clip_scores, clip_targets = average_by_clip(num_clips, rows["scores"], rows["clip"], rows["targets"])
     return metrics(clip_scores, clip_targets, task=self.kind)
+
+  def clip_scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+    """`[classes]` scores of one file: the mean over its windows' rows (those with `clip >= 0`)."""
+    return np.asarray(rows["scores"], np.float64)[np.asarray(rows["clip"]) >= 0].mean(axis=0)

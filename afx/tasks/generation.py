@@ -24,6 +24,7 @@ import optax
 
 from afx.audio.features import mu_law_decode, mu_law_encode
 from afx.errors import ConfigError
+from afx.tasks.base import WindowBatching, register_task
 
 QUANTIZATIONS = ("mu_law", "linear")
 BASELINES = ("baseline_frequent5", "baseline_previous_pm2")
@@ -81,8 +82,9 @@ def window_metrics(rows: dict[str, np.ndarray]) -> dict:
   }
 
 
+@register_task("next_sample")
 @dataclasses.dataclass(frozen=True)
-class NextSampleTask:
+class NextSampleTask(WindowBatching):
   """Language modelling on quantised samples (see the module docstring)."""
   context_samples: int
   past_samples: int = 0
@@ -92,7 +94,15 @@ class NextSampleTask:
   # Evaluation windows reach this far before the context in every row of a table, so models
   # with and without a past window are scored on the same target samples.
   eval_past_samples: int = 0
+  dataset_classes: int = 0  # the clip labels batches carry (unused by the loss)
   headline_metric = "top5_accuracy"
+
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir=None):
+    data = config.data
+    return cls(context_samples=int(data.context_samples), past_samples=int(data.get("past_samples", 0)),
+               quantization=data.get("quantization", "mu_law"), eval_hop_samples=int(data.eval_hop_samples),
+               eval_past_samples=int(data.get("eval_past_samples", 0)), dataset_classes=info.num_classes)
 
   def __post_init__(self):
     if self.quantization not in QUANTIZATIONS:
@@ -107,8 +117,9 @@ class NextSampleTask:
     return max(self.past_samples, self.eval_past_samples) + self.context_samples + 1
 
   def model_kwargs(self) -> dict:
-    return {"num_classes": self.num_classes, "context_samples": self.context_samples,
-            "past_samples": self.past_samples}
+    """A model without a past window (WaveNet) is rejected for a task that has one."""
+    past = {"past_samples": self.past_samples} if self.past_samples else {}
+    return {"num_classes": self.num_classes, "context_samples": self.context_samples, **past}
 
   def example_inputs(self) -> tuple:
     return (np.zeros((1, self.past_samples + self.context_samples), np.int32),)
@@ -122,7 +133,7 @@ class NextSampleTask:
 
   def loss(self, outputs, batch):
     targets = self.codes(batch)[:, -self.context_samples:]
-    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets).mean(), {}
 
   def eval_outputs(self, outputs, batch) -> dict:
     codes = self.codes(batch)
@@ -133,6 +144,18 @@ class NextSampleTask:
   def metrics(self, rows: dict[str, np.ndarray], num_clips: int) -> dict:
     del num_clips  # windows, not clips, are the unit
     return window_metrics(rows)
+
+  def generate(self, model, variables, prime, rng, *, num_samples: int, temperature: float = 1.0) -> np.ndarray:
+    """`num_samples` new samples (float32 in [−1, 1]) after the audio `prime` `[n]` (None: silence),
+    of which the model sees the last `past + context` samples."""
+    if prime is None:
+      prime_codes = np.full((1, 1), silence_code(self.quantization, self.num_classes), np.int32)
+    else:
+      prime_codes = np.asarray(quantize(prime[-(self.past_samples + self.context_samples):], self.quantization,
+                                        self.num_classes))[None]
+    codes = sample(model, variables, jnp.asarray(prime_codes), rng, num_samples=num_samples,
+                   temperature=float(temperature))
+    return np.asarray(dequantize(codes, self.quantization, self.num_classes))[0]
 
 
 def _draw(logits, rng, temperature: float):

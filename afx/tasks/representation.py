@@ -19,6 +19,7 @@ import optax
 
 from afx.errors import ConfigError
 from afx.layers import kmeans
+from afx.tasks.base import WindowBatching, register_task, seconds_to_samples, upstream_run
 from afx.tasks import contrastive
 from afx.tasks.generation import next_sample_scores
 
@@ -30,16 +31,25 @@ def _valid_mean(rows: dict[str, np.ndarray], keys) -> dict:
   return {key: float(np.asarray(rows[key], np.float64)[keep].mean()) for key in keys}
 
 
+def _windows(config, info) -> dict:
+  """The window lengths of a representation task, from the config's `data` group."""
+  return dict(window_samples=seconds_to_samples(config.data, "clip_seconds", info.sample_rate),
+              eval_hop_samples=seconds_to_samples(config.data, "eval_hop_seconds", info.sample_rate),
+              dataset_classes=info.num_classes)
+
+
+@register_task("patch_reconstruction")
 @dataclasses.dataclass(frozen=True)
-class ReconstructionTask:
+class ReconstructionTask(WindowBatching):
   """Train a patch autoencoder (`afx.models.PatchAutoencoder`) on windows of `window_samples`."""
   window_samples: int
   eval_hop_samples: int
+  dataset_classes: int = 0  # the clip labels batches carry (for a later linear probe)
   headline_metric = "reconstruction_mse"
 
-  @property
-  def eval_window_samples(self) -> int:
-    return self.window_samples
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir=None):
+    return cls(**_windows(config, info))
 
   def model_kwargs(self) -> dict:
     return {}
@@ -51,7 +61,7 @@ class ReconstructionTask:
     return (batch["audio"],)
 
   def loss(self, outputs, batch):
-    return jnp.mean(jnp.square(outputs["reconstruction"] - outputs["patches"]))
+    return jnp.mean(jnp.square(outputs["reconstruction"] - outputs["patches"])), {}
 
   def eval_outputs(self, outputs, batch) -> dict:
     error = jnp.mean(jnp.square(outputs["reconstruction"] - outputs["patches"]), axis=(1, 2))
@@ -80,8 +90,9 @@ class Tokenizer:
     return jax.eval_shape(self.encode, jax.ShapeDtypeStruct((1, window_samples), jnp.float32)).shape[1]
 
 
+@register_task("next_code")
 @dataclasses.dataclass(frozen=True)
-class NextCodeTask:
+class NextCodeTask(WindowBatching):
   """Language modelling on the patch codes of each window, scored at every position.
 
   The model (`afx.models.RawTransformer` with `num_classes` = the number of codes) sees codes
@@ -91,17 +102,22 @@ class NextCodeTask:
   tokenizer: Tokenizer
   window_samples: int
   eval_hop_samples: int
+  dataset_classes: int = 0
   feature_pooling: str = "mean"
   headline_metric = "top1_accuracy"
+
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir=None):
+    encoder = upstream_run(upstream, "autoencoder", config.task)
+    codebook = upstream_run(upstream, "codebook", config.task)
+    tokenizer = Tokenizer(functools.partial(encoder.model.apply, encoder.variables, method="encode"),
+                          jnp.asarray(codebook["centroids"]))
+    return cls(tokenizer, **_windows(config, info), feature_pooling=config.get("feature_pooling", "mean"))
 
   def __post_init__(self):
     if self.feature_pooling not in FEATURE_POOLINGS:
       raise ConfigError(f"unknown feature_pooling {self.feature_pooling!r}; choose one of "
                         f"{', '.join(FEATURE_POOLINGS)}")
-
-  @property
-  def eval_window_samples(self) -> int:
-    return self.window_samples
 
   @functools.cached_property
   def num_positions(self) -> int:
@@ -118,7 +134,7 @@ class NextCodeTask:
 
   def loss(self, outputs, batch):
     targets = self.tokenizer(batch["audio"])[:, 1:]
-    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets).mean(), {}
 
   def eval_outputs(self, outputs, batch) -> dict:
     codes = self.tokenizer(batch["audio"])
@@ -143,8 +159,9 @@ class NextCodeTask:
     return states.mean(axis=1) if self.feature_pooling == "mean" else states[:, -1]
 
 
+@register_task("simclr")
 @dataclasses.dataclass(frozen=True)
-class ContrastiveTask:
+class ContrastiveTask(WindowBatching):
   """SimCLR (`afx.models.PatchSimCLR`): NT-Xent over the global batch's 2·batch views.
 
   Evaluation draws two views of every window with a fixed key and reports how often a view's
@@ -152,12 +169,13 @@ class ContrastiveTask:
   """
   window_samples: int
   eval_hop_samples: int
+  dataset_classes: int = 0
   temperature: float = 0.1
   headline_metric = "contrastive_accuracy"
 
-  @property
-  def eval_window_samples(self) -> int:
-    return self.window_samples
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir=None):
+    return cls(**_windows(config, info), temperature=float(config.get("temperature", 0.1)))
 
   def model_kwargs(self) -> dict:
     return {}
@@ -169,7 +187,7 @@ class ContrastiveTask:
     return (batch["audio"],)
 
   def loss(self, outputs, batch):
-    return contrastive.nt_xent(outputs, self.temperature)
+    return contrastive.nt_xent(outputs, self.temperature), {}
 
   def eval_outputs(self, outputs, batch) -> dict:
     batch_size = batch["audio"].shape[0]

@@ -5,14 +5,10 @@
 present, `preprocessor_config.json` (feature settings and normalisation statistics).  OUT gets
 `config.json` (an afx config for the `ast` model), `dataset.json` (label names from `id2label`,
 the sample rate) and `checkpoints/0/` with the converted parameters.
-
-`init_from_timm(run, state, PATH)` is what `train` does with `init_from=PATH` when a run starts fresh:
-it puts the encoder of a timm ViT/DeiT weight file into an `ast` or `passt` model's initial state.
 """
 
 import json
 import os
-import pickle
 
 import jax
 import ml_collections
@@ -20,14 +16,14 @@ import numpy as np
 
 from afx.errors import ConfigError
 from afx.audio import kaldi
-from afx.models import ast, passt
+from afx.models import ast
 from afx.train import config as config_lib
-from afx.train import trainer  # a module, not its names: trainer imports this module too
+from afx.train import trainer
 from afx.train.checkpoint import Checkpoints
+from afx.train.weights import read_state_dict, with_params
+from data_pipelines import DatasetInfo
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-TIMM_IMPORTS = {"ast": ast.params_from_timm, "passt": passt.params_from_timm}
 
 
 def _read_json(path: str, *, required: bool) -> dict:
@@ -43,64 +39,12 @@ def _read_json(path: str, *, required: bool) -> dict:
       raise ConfigError(f"{path} is not valid JSON ({error})") from None
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """The tensors of a weight file as NumPy arrays: `.safetensors`, `.npz`, or a PyTorch pickle (`.pth`, `.pt`,
-  `.bin`; needs torch).  A state dict wrapped as {"model": {...}} (DeiT's published files) is unwrapped."""
-  if not os.path.isfile(path):
-    raise ConfigError(f"weight file {path} does not exist")
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return load_file(path)
-  if path.endswith(".npz"):
-    with np.load(path) as arrays:
-      return dict(arrays)
-  if not path.endswith(TORCH_SUFFIXES):
-    raise ConfigError(f"{path} is not a weight file afx reads (.safetensors, .npz, {', '.join(TORCH_SUFFIXES)})")
-  try:
-    import torch
-  except ImportError:
-    raise ConfigError(f"{path} is a PyTorch file and torch is not installed; pip install 'afx[parity]' "
-                      "or save the weights as safetensors") from None
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as error:
-    raise ConfigError(f"{path} holds more than tensors and torch will not unpickle it safely ({error})") from None
-  if isinstance(state.get("model"), dict):
-    state = state["model"]
-  return {key: value.float().numpy() for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
 def weight_file(directory: str) -> str:
   """The Hugging Face weight file in `directory`, safetensors preferred."""
   for name in WEIGHT_FILES:
     if os.path.exists(os.path.join(directory, name)):
       return os.path.join(directory, name)
   raise ConfigError(f"{directory} holds neither {' nor '.join(WEIGHT_FILES)}")
-
-
-def with_params(run, state, params):
-  """`state` holding `params`, with the optimiser state initialised from them, laid out as `run`'s state."""
-  return jax.device_put(state.replace(params=params, opt_state=run.tx.init(params)), run.state_shardings)
-
-
-def init_from_timm(run, state, path: str):
-  """`state` (a fresh run's) with its `ast` or `passt` encoder imported from the timm ViT/DeiT weight file
-  `path`; the classifier keeps its initialisation.  A tensor that does not fit is a ConfigError naming it."""
-  name = run.config.model.name
-  if name not in TIMM_IMPORTS:
-    raise ConfigError(f"init_from imports a timm ViT/DeiT into {' or '.join(TIMM_IMPORTS)} models, not model "
-                      f"{name!r}; leave init_from unset")
-  path = os.path.expanduser(path)
-  state_dict = read_state_dict(path)
-  try:
-    imported = TIMM_IMPORTS[name](state_dict, num_layers=run.model.num_layers, num_heads=run.model.num_heads,
-                                  grid=run.model.positional_grid())
-    params = ast.merge_params(state.params, imported)
-  except KeyError as error:
-    raise ConfigError(f"init_from: {path} has no tensor {error.args[0]!r}; is it a timm ViT/DeiT state dict?") from None
-  except ValueError as error:
-    raise ConfigError(f"init_from: {path} does not fit model {name!r}: {error}") from None
-  return with_params(run, state, params)
 
 
 def ast_config(hf: dict, preprocessor: dict) -> tuple[ml_collections.ConfigDict, int]:
@@ -167,7 +111,8 @@ def convert_hf(source: str, workdir: str, overrides=()) -> dict:
     raise ConfigError(f"{workdir} already holds checkpoints; convert into a new --workdir")
   params = ast.params_from_hf(read_state_dict(weight_file(source)), num_layers=config.model.num_layers,
                               num_heads=config.model.num_heads)
-  run = trainer.make_run(config, class_names=names, sample_rate=sample_rate)
+  info = DatasetInfo(sample_rate, tuple(names))
+  run = trainer.make_run(config, info)
   expected = jax.tree_util.tree_map(lambda leaf: leaf.shape, run.abstract_state.params)
   if jax.tree_util.tree_map(np.shape, params) != expected:
     raise ConfigError(f"the tensors in {source} do not fit its config.json (parameter shapes differ)")
@@ -177,7 +122,6 @@ def convert_hf(source: str, workdir: str, overrides=()) -> dict:
   checkpoints.wait()
   checkpoints.close()
   trainer.write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
-  trainer.write_json(os.path.join(workdir, "dataset.json"),
-                     {"name": config.data.name, "class_names": names, "sample_rate": sample_rate})
+  trainer.write_dataset_json(workdir, config.data.name, info)
   return {"workdir": workdir, "model": "ast", "classes": len(names), "sample_rate": sample_rate,
           "params": int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))}

@@ -44,8 +44,7 @@ class InMemorySource:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   builder: object
-  class_names: list[str]
-  sample_rate: int
+  info: data_pipelines.DatasetInfo
 
   def source(self, split: str):
     """The split's examples; ``split`` may join splits and slices, as in ``fold1+fold2[:50%]``."""
@@ -86,4 +85,4 @@ def open_dataset(data: ml_collections.ConfigDict) -> Dataset:
     multihost_utils.sync_global_devices(f"dataset {data.name} prepared")
     if jax.process_index() != 0:
       builder = data_pipelines.prepare(make_builder())
-  return Dataset(builder, data_pipelines.class_names(builder), data_pipelines.sample_rate(builder))
+  return Dataset(builder, data_pipelines.dataset_info(builder))

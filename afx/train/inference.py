@@ -6,12 +6,11 @@ import time
 from typing import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from afx.audio.io import load_audio, write_audio
 from afx.errors import AudioError, ConfigError
-from afx.tasks import ClassificationTask, generation
+from afx.tasks import require
 from afx.train.data import open_dataset
 from afx.train.trainer import _host, evaluate_source, load_run
 from data_pipelines import pipeline
@@ -39,14 +38,13 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
   Long files are cut into the run's sliding windows and the window scores averaged.
   """
   run, state = load_run(workdir)
-  if not isinstance(run.task, ClassificationTask):
-    raise ConfigError(f"{workdir} is a {run.config.task} run; predict labels with a classification run "
-                      "(for a next_sample run, use `run.py sample`)")
-  window, hop = run.task.eval_window_samples, run.task.eval_hop_samples
+  clip_scores = require(run.task, "predict", workdir=workdir, task_name=run.config.task)
+  windows_of = run.task.eval_batching
+  window, hop = windows_of.clip_samples, windows_of.hop_samples
   batch_size = run.mesh.size
   for path in files:
     try:
-      audio, _ = load_audio(path, sample_rate=run.sample_rate)
+      audio, _ = load_audio(path, sample_rate=run.info.sample_rate)
     except AudioError as error:
       yield {"file": path, "error": str(error)}
       continue
@@ -55,15 +53,17 @@ def predict(workdir: str, files: Sequence[str], *, top_k: int = 5) -> Iterator[d
     windows = np.concatenate([windows, np.zeros((pad, window), np.float32)])
     clips = np.r_[np.zeros(windows.shape[0] - pad, np.int32), -np.ones(pad, np.int32)]
     samples = np.where(clips >= 0, pipeline.real_samples(audio, window), 0).astype(np.int32)
-    scores = []
+    rows: dict[str, list] = {}
     for start in range(0, windows.shape[0], batch_size):
       batch = {"audio": windows[start:start + batch_size], "samples": samples[start:start + batch_size],
                "clip": clips[start:start + batch_size],
-               "targets": np.zeros((batch_size, len(run.class_names)), np.float32)}
-      scores.append(_host(run.predict(state, run.to_global(batch))["scores"]))
-    mean_scores = np.concatenate(scores)[clips >= 0].mean(axis=0)
+               "targets": np.zeros((batch_size, run.info.num_classes), np.float32)}
+      for key, value in run.predict(state, run.to_global(batch)).items():
+        rows.setdefault(key, []).append(_host(value))
+    mean_scores = clip_scores({key: np.concatenate(value) for key, value in rows.items()})
     top = np.argsort(-mean_scores, kind="stable")[:top_k]
-    yield {"file": path, "top": [{"label": run.class_names[i], "score": round(float(mean_scores[i]), 6)} for i in top]}
+    yield {"file": path, "top": [{"label": run.info.class_names[i], "score": round(float(mean_scores[i]), 6)}
+                                 for i in top]}
 
 
 def sample_audio(workdir: str, *, seconds: float, out: str, temperature: float = 1.0, prime: str | None = None,
@@ -78,23 +78,15 @@ def sample_audio(workdir: str, *, seconds: float, out: str, temperature: float =
   if temperature < 0:
     raise ConfigError(f"--temperature must be >= 0, got {temperature}")
   run, state = load_run(workdir)
-  task = run.task
-  if not isinstance(task, generation.NextSampleTask):
-    raise ConfigError(f"{workdir} is a {run.config.task} run; sample needs a next_sample run")
-  silence = generation.silence_code(task.quantization, task.num_classes)
-  if prime is None:
-    prime_codes = np.full((1, 1), silence, np.int32)
-  else:
-    audio, _ = load_audio(prime, sample_rate=run.sample_rate)
-    prime_codes = np.asarray(generation.quantize(audio[-(task.past_samples + task.context_samples):],
-                                                 task.quantization, task.num_classes))[None]
+  generate = require(run.task, "sample", workdir=workdir, task_name=run.config.task)
+  sample_rate = run.info.sample_rate
+  prime_audio = None if prime is None else load_audio(prime, sample_rate=sample_rate)[0]
   variables = jax.device_get({"params": state.params, **state.model_state})
-  num_samples = round(seconds * run.sample_rate)
+  num_samples = round(seconds * sample_rate)
   start = time.perf_counter()
-  codes = generation.sample(run.model, variables, jnp.asarray(prime_codes), jax.random.key(seed),
-                            num_samples=num_samples, temperature=float(temperature))
-  waveform = np.asarray(generation.dequantize(codes, task.quantization, task.num_classes))[0]
+  waveform = generate(run.model, variables, prime_audio, jax.random.key(seed), num_samples=num_samples,
+                      temperature=temperature)
   elapsed = time.perf_counter() - start
-  write_audio(out, waveform, run.sample_rate)
-  return {"file": out, "seconds": num_samples / run.sample_rate, "sample_rate": run.sample_rate,
+  write_audio(out, waveform, sample_rate)
+  return {"file": out, "seconds": num_samples / sample_rate, "sample_rate": sample_rate,
           "prime": prime, "temperature": temperature, "wall_seconds": round(elapsed, 3)}

@@ -5,8 +5,14 @@ dict from row name to `{"label", "paper"[, "paper_params", "metric", "mean_of"]}
 row is `ROW` at paper scale and `ROW,tiny` at tiny scale.  A row's `metric` replaces the table's
 `METRIC` for that row (a table may mix mAP and accuracy rows).  A row with `mean_of` (a list of other
 rows' names) trains nothing: it reports the mean of those rows' numbers, e.g. a cross-validation
-score over one row per held-out fold.  An optional `BASELINES` dict (name → `{"label"}`) adds rows
-that the evaluation computes without training: the first row's `eval.json` holds `NAME_METRIC` for each.
+score over one row per held-out fold.  Optional declarations:
+
+  COLUMNS          more result keys shown beside each row's number (`params` and `paper_params` always are)
+  LOWER_IS_BETTER  the metrics for which a lower number is better (e.g. WER); the table marks them ↓
+  BASELINES        name → `{"label"}`: rows that the evaluation computes without training; the first
+                   row's `eval.json` holds `NAME_METRIC` (and `NAME_COLUMN`) for each
+  NOTES            result key → label: numbers printed under the table (and kept in `results.json`)
+                   from the first row whose results have that key, e.g. a chance level
 """
 
 import json
@@ -18,7 +24,7 @@ from afx.train import config as config_lib
 from afx.train.stages import train_row
 
 SCALES = ("tiny", "paper")
-EXTRA_COLUMNS = ("d_prime", "top1_accuracy", "nll_bits", "params", "paper_params")
+ALWAYS_COLUMNS = ("params", "paper_params")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -48,16 +54,18 @@ def _number(value) -> str:
 
 def format_table(results: dict) -> str:
   """Markdown table of `results.json`."""
-  extra = [key for key in EXTRA_COLUMNS if any(key in row for row in results["rows"])]
+  extra = [key for key in results["columns"] if any(key in row for row in results["rows"])]
   header = ["row", "model", "metric", "afx", "paper"] + extra
   lines = [f"## {results['title']} ({results['scale']} scale)", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in results["rows"]:
-    cells = [row["name"], row.get("label", ""), row["metric"], _number(row["afx"]), _number(row["paper"])]
+    metric = row["metric"] + (" ↓" if row.get("better") == "lower" else "")
+    cells = [row["name"], row.get("label", ""), metric, _number(row["afx"]), _number(row["paper"])]
     cells += [_number(row.get(key)) for key in extra]
     lines.append("| " + " | ".join(cells) + " |")
-  if "chance" in results:
-    lines += ["", f"Chance (always the most frequent class): {results['chance']:.3f}"]
+  notes = [f"{label}: {results[key]:.3f}" for key, label in results.get("notes", {}).items() if key in results]
+  if notes:
+    lines += [""] + notes
   return "\n".join(lines) + "\n"
 
 
@@ -75,12 +83,12 @@ def _check_means(table: str, rows: dict, metric: str) -> dict[str, list[str]]:
   return means
 
 
-def _mean_entry(name: str, info: dict, members: list[dict]) -> dict:
+def _mean_entry(name: str, info: dict, members: list[dict], columns: tuple[str, ...]) -> dict:
   """A `mean_of` row: the mean of its members' numbers (of the columns every member has)."""
   entry = {"name": name, "label": info.get("label", name), "metric": members[0]["metric"],
-           "afx": sum(m["afx"] for m in members) / len(members), "paper": info.get("paper"),
-           "mean_of": [m["name"] for m in members]}
-  for key in EXTRA_COLUMNS:
+           "better": members[0]["better"], "afx": sum(m["afx"] for m in members) / len(members),
+           "paper": info.get("paper"), "mean_of": [m["name"] for m in members]}
+  for key in columns:
     values = [m[key] for m in members if key in m]
     if key != "paper_params" and len(values) == len(members):
       entry[key] = values[0] if len(set(values)) == 1 else sum(values) / len(values)
@@ -102,6 +110,9 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
   experiment = config_lib.load_module(path)
   overrides = list(overrides)
   metric = experiment.METRIC
+  columns = tuple(getattr(experiment, "COLUMNS", ())) + ALWAYS_COLUMNS
+  lower_is_better = set(getattr(experiment, "LOWER_IS_BETTER", ()))
+  better = lambda name: "lower" if name in lower_is_better else "higher"
   means = _check_means(table, experiment.ROWS, metric)
   trained = [row for row in experiment.ROWS if row not in means]
   configs = {}
@@ -116,26 +127,32 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
     first_results = first_results or results
     all_results.append(results)
     row_metric = info.get("metric", metric)
-    entry = {"name": row, "label": info.get("label", row), "metric": row_metric, "afx": results[row_metric],
-             "paper": info.get("paper")}
-    entry.update({k: results[k] for k in EXTRA_COLUMNS if k in results})
+    if row_metric not in results:
+      raise ConfigError(f"row {row!r} of {table} reports {row_metric!r}, which its results lack (they have "
+                        f"{', '.join(sorted(results))}); set the row's 'metric' or the table's METRIC")
+    entry = {"name": row, "label": info.get("label", row), "metric": row_metric, "better": better(row_metric),
+             "afx": results[row_metric], "paper": info.get("paper")}
+    entry.update({k: results[k] for k in columns if k in results})
     if "paper_params" in info:
       entry["paper_params"] = info["paper_params"]
     entries[row] = entry
   for row, members in means.items():
-    entries[row] = _mean_entry(row, experiment.ROWS[row], [entries[m] for m in members])
+    entries[row] = _mean_entry(row, experiment.ROWS[row], [entries[m] for m in members], columns)
   rows = [entries[row] for row in experiment.ROWS]
   for name, info in getattr(experiment, "BASELINES", {}).items():
-    entry = {"name": name, "label": info.get("label", name), "metric": metric,
+    entry = {"name": name, "label": info.get("label", name), "metric": metric, "better": better(metric),
              "afx": first_results[f"{name}_{metric}"], "paper": None}
-    for key in EXTRA_COLUMNS:
+    for key in columns:
       if f"{name}_{key}" in first_results:
         entry[key] = first_results[f"{name}_{key}"]
     rows.append(entry)
-  results = {"table": table, "title": experiment.TITLE, "scale": scale, "rows": rows}
-  chance = [row_results["chance"] for row_results in all_results if "chance" in row_results]
-  if chance:  # the accuracy of always answering the most frequent class, from the first row that has it
-    results["chance"] = chance[0]
+  notes = dict(getattr(experiment, "NOTES", {}))
+  results = {"table": table, "title": experiment.TITLE, "scale": scale, "columns": list(columns), "notes": notes,
+             "rows": rows}
+  for key in notes:
+    found = [row_results[key] for row_results in all_results if key in row_results]
+    if found:
+      results[key] = found[0]
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)

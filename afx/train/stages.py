@@ -28,6 +28,7 @@ import numpy as np
 from afx import models
 from afx.errors import ConfigError
 from afx.layers import kmeans
+from afx import tasks
 from afx.tasks import representation
 from afx.train import config as config_lib
 from afx.train import trainer
@@ -159,13 +160,14 @@ def run_linear_probe(stage: ml_collections.ConfigDict, directory: str) -> dict:
     return done
   run, state = trainer.load_run(stage.upstream.representation)
   if not hasattr(run.task, "features"):
+    able = " or ".join(tasks.tasks_with("features"))
     raise ConfigError(f"the run in {stage.upstream.representation} (task {run.config.task!r}) has no "
-                      "representation for a linear probe; point upstream.representation at a next_code or simclr run")
+                      f"representation for a linear probe; point upstream.representation at a run of {able}")
   dataset = open_dataset(run.config.data)
   data = run.config.data
   train_x, train_y = clip_features(run, state, dataset.source(data.train_split))
   test_x, test_y = clip_features(run, state, dataset.source(data.test_split))
-  probe = representation.fit_linear_probe(train_x, train_y, len(run.class_names), steps=stage.steps,
+  probe = representation.fit_linear_probe(train_x, train_y, run.info.num_classes, steps=stage.steps,
                                           learning_rate=stage.learning_rate, weight_decay=stage.weight_decay,
                                           seed=stage.seed)
   results = {"accuracy": float(np.mean(representation.probe_predict(probe, test_x) == test_y)),

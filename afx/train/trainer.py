@@ -3,6 +3,15 @@
 `train(config, workdir)` builds the dataset, creates the state already sharded over the mesh, runs
 jitted steps that donate their state, logs, evaluates, checkpoints (state + data iterator) and
 resumes from `workdir` when rerun.  `evaluate` and `predict` reload a finished run.
+
+Evaluations during training are config entries, each at its own cadence:
+
+  config.evals.NAME = {"kind": KIND, "split": SPLIT, "every": STEPS, "final": False}
+
+logs KIND's metrics on SPLIT every STEPS steps as `NAME_METRIC`; with `final` it also runs on the test
+split at the end and its metrics join `eval.json`.  Kinds are registered with `register_evaluator`:
+`metrics` is the task's own metrics.  A config without `evals` gets one: `val`, the task's metrics on
+`data.eval_split` every `eval_every` steps.
 """
 
 import dataclasses
@@ -12,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax
 import jax
@@ -28,11 +37,11 @@ from afx import tasks
 from afx.train import config as config_lib
 from afx.train import sharding
 from afx.train.checkpoint import Checkpoints, abstract_with_shardings, load_arrays
-from afx.train.convert import init_from_timm
 from afx.train.data import open_dataset
 from afx.train.metric_writer import MetricWriter
 from afx.train.optim import learning_rate_schedule, make_optimizer
-from data_pipelines import pipeline
+from afx.train.weights import init_from_weights
+from data_pipelines import DatasetInfo
 
 
 RNG_STREAMS = ("dropout", "augment", "patchout")  # the random streams a model may draw from in training
@@ -68,13 +77,14 @@ def train_step(state: TrainState, batch, *, model, tx, task, rng) -> tuple[Train
 
   def objective(params):
     outputs, model_state = _apply(model, state, params, task.model_inputs(batch), train=True, rng=step_rng)
-    return task.loss(outputs, batch), model_state
+    loss, aux = task.loss(outputs, batch)
+    return loss, (aux, model_state)
 
-  (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  (loss, (aux, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             model_state=model_state, opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return new_state, {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict_step(state: TrainState, batch, *, model, task) -> dict:
@@ -92,8 +102,7 @@ class Run:
   model: Any
   tx: optax.GradientTransformation
   learning_rate: Callable[[int], float]
-  class_names: list[str]
-  sample_rate: int
+  info: DatasetInfo
   batch_sharding: jax.sharding.NamedSharding
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs with shardings, for restoring
@@ -124,7 +133,7 @@ class FrozenRun:
   model: Any
   variables: dict
   task: Any
-  class_names: list[str]
+  info: DatasetInfo
 
 
 def load_upstream(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -138,7 +147,7 @@ def load_upstream(config: ml_collections.ConfigDict) -> dict[str, Any]:
     directory = os.path.abspath(os.path.expanduser(directory))
     if os.path.isdir(os.path.join(directory, "checkpoints")):
       run, state = load_run(directory)
-      loaded[name] = FrozenRun(run.model, {"params": state.params, **state.model_state}, run.task, run.class_names)
+      loaded[name] = FrozenRun(run.model, {"params": state.params, **state.model_state}, run.task, run.info)
     else:
       loaded[name] = load_arrays(directory, what=f"upstream.{name}")
   return loaded
@@ -149,17 +158,15 @@ def _jit_eval(mesh, fn: Callable, state_shardings, batch_sharding) -> Callable:
                                    out_shardings=sharding.replicated(mesh)))
 
 
-def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], sample_rate: int,
+def make_run(config: ml_collections.ConfigDict, info: DatasetInfo, *, workdir: str | None = None,
              devices=None) -> Run:
-  task = tasks.make_task(config, num_dataset_classes=len(class_names), sample_rate=sample_rate,
-                         upstream=load_upstream(config))
+  """The run of `config` on a dataset described by `info`, in `workdir` (where the task finds what
+  `tasks.prepare_run` wrote): nothing is trained or restored yet."""
+  task = tasks.make_task(config, info, load_upstream(config), workdir)
   mesh = sharding.make_mesh(config.get("fsdp", 1), devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  model = models.build_model(config.model, **task.model_kwargs(), sample_rate=sample_rate,
+  model = models.build_model(config.model, **task.model_kwargs(), sample_rate=info.sample_rate,
                              attention_impl=config.attention_impl or None)
-  wanted_past = task.model_kwargs().get("past_samples", 0)
-  if getattr(model, "past_samples", 0) != wanted_past:
-    raise ConfigError(f"model {config.model.name!r} conditions on no past window; set --config.data.past_samples=0")
   tx = make_optimizer(config.optimizer, config.total_steps)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   init = functools.partial(init_state, model=model, tx=tx, example_inputs=task.example_inputs())
@@ -169,7 +176,7 @@ def make_run(config: ml_collections.ConfigDict, *, class_names: Sequence[str], s
   step = functools.partial(train_step, model=model, tx=tx, task=task, rng=jax.random.key(config.seed + 1))
   return Run(
       config=config, mesh=mesh, task=task, model=model, tx=tx, learning_rate=schedule,
-      class_names=list(class_names), sample_rate=sample_rate, batch_sharding=batch_sharding, state_shardings=shardings,
+      info=info, batch_sharding=batch_sharding, state_shardings=shardings,
       abstract_state=abstract_with_shardings(abstract, shardings),
       init=_under_mesh(mesh, jax.jit(init, out_shardings=shardings)),
       train_step=_under_mesh(mesh, jax.jit(step, in_shardings=(shardings, batch_sharding),
@@ -190,8 +197,8 @@ def load_run(workdir: str) -> tuple[Run, TrainState]:
   if not os.path.exists(dataset_path):
     raise ConfigError(f"{dataset_path} does not exist; is {workdir} a workdir that `run.py train` wrote?")
   with open(dataset_path) as f:
-    dataset = json.load(f)
-  run = make_run(config, class_names=dataset["class_names"], sample_rate=dataset["sample_rate"])
+    info = DatasetInfo.from_json(json.load(f))
+  run = make_run(config, info, workdir=workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   step = checkpoints.latest_step()
   if step is None:
@@ -203,28 +210,57 @@ def load_run(workdir: str) -> tuple[Run, TrainState]:
 
 
 def eval_rows(run: Run, state: TrainState, source, step: Callable | None = None) -> dict[str, np.ndarray]:
-  """`step(state, global_batch)` (default: the task's eval rows) over sliding windows of every clip, concatenated."""
+  """`step(state, global_batch)` (default: the task's eval rows) over the task's evaluation batches of
+  `source` (e.g. sliding windows of every clip), concatenated."""
   eval_batch = run.config.get("eval_batch_size") or run.config.batch_size
   sharding.check_batch_size(eval_batch, run.mesh)
-  window_args = dict(clip_samples=run.task.eval_window_samples, hop_samples=run.task.eval_hop_samples,
-                     local_batch_size=eval_batch // jax.process_count(),
-                     process_index=jax.process_index(), process_count=jax.process_count())
+  strategy = run.task.eval_batching
+  shard = dict(batch_size=eval_batch, process_index=jax.process_index(), process_count=jax.process_count())
   num_batches = None
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # every process runs as many steps as the one with the most batches
     from jax.experimental import multihost_utils
-    counts = multihost_utils.process_allgather(np.asarray(pipeline.count_eval_batches(source, **window_args)))
+    counts = multihost_utils.process_allgather(np.asarray(strategy.count_batches(source, **shard)))
     num_batches = int(np.max(counts))
   rows: dict[str, list] = {}
-  for batch in pipeline.eval_batches(source, num_classes=len(run.class_names), num_batches=num_batches,
-                                     **window_args):
+  for batch in strategy.evaluate(source, num_batches=num_batches, **shard):
     for key, value in (step or run.predict)(state, run.to_global(batch)).items():
       rows.setdefault(key, []).append(_host(value))
   return {key: np.concatenate(value) for key, value in rows.items()}
 
 
 def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
-  """The task's metrics on a split, from its eval rows over sliding windows of every clip."""
+  """The task's metrics on a split, from its eval rows over the task's evaluation batches."""
   return run.task.metrics(eval_rows(run, state, source), len(source))
+
+
+EVALUATORS: dict[str, Callable] = {"metrics": evaluate_source}  # kind → fn(run, state, source) -> metrics
+EVALUATOR_KEYS = ("kind", "split", "every", "final")
+
+
+def register_evaluator(kind: str, evaluate: Callable) -> None:
+  """Make `config.evals.NAME.kind = kind` run `evaluate(run, state, source) -> dict of metrics`."""
+  if kind in EVALUATORS:
+    raise ValueError(f"evaluator kind {kind!r} is registered twice")
+  EVALUATORS[kind] = evaluate
+
+
+def evaluators(config: ml_collections.ConfigDict) -> dict[str, dict]:
+  """The config's evaluations by name, each `{"kind", "split", "every", "final"}` (see the module docstring)."""
+  if "evals" not in config:
+    return {"val": {"kind": "metrics", "split": config.data.eval_split, "every": int(config.eval_every or 0),
+                    "final": False}} if config.eval_every else {}
+  chosen = {}
+  for name, entry in config.evals.items():
+    entry = dict(entry)
+    unknown = sorted(set(entry) - set(EVALUATOR_KEYS))
+    if unknown:
+      raise ConfigError(f"config key evals.{name}.{unknown[0]} is unknown; an evaluation has {', '.join(EVALUATOR_KEYS)}")
+    kind = entry.get("kind", "metrics")
+    if kind not in EVALUATORS:
+      raise ConfigError(f"evals.{name}.kind is {kind!r}; choose one of {', '.join(sorted(EVALUATORS))}")
+    chosen[name] = {"kind": kind, "split": entry.get("split") or config.data.eval_split,
+                    "every": int(entry.get("every") or 0), "final": bool(entry.get("final", False))}
+  return chosen
 
 
 class _PreemptionFlag:
@@ -264,6 +300,11 @@ def _check_finite(pending: list[dict], last_step: int, checkpoint_dir: str, last
   return {key: float(v.mean()) for key, v in values.items()}
 
 
+def write_dataset_json(workdir: str, name: str, info: DatasetInfo) -> None:
+  """`workdir/dataset.json`: the dataset's name and `DatasetInfo`, which `load_run` rebuilds the run from."""
+  write_json(os.path.join(workdir, "dataset.json"), {"name": name, **info.to_json()})
+
+
 def write_json(path: str, payload) -> None:
   """Write `payload` as JSON atomically, from process 0 only."""
   if jax.process_index() == 0:
@@ -280,20 +321,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   """Train, evaluate and write `workdir/{config.json,metrics.jsonl,checkpoints/,eval.json}`.
 
   Rerunning with the same workdir resumes from the newest checkpoint (parameters, optimiser and data
-  iterator).  A fresh run of an `ast` or `passt` model with `config.init_from` (a timm ViT/DeiT weight
-  file) starts from that file's encoder (`afx.train.convert.init_from_timm`).  `stop_at_step` (or
+  iterator).  A fresh run with `config.init_from` (a published weight file, e.g. a timm ViT/DeiT for an
+  `ast` or `passt` model) starts from the parameters it gives (`afx.train.weights.init_from_weights`).  `stop_at_step` (or
   SIGTERM) saves a checkpoint at that step and returns None, as a preempted job would.  Returns the
   final test metrics.
   """
   sharding.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
   dataset = open_dataset(config.data)
-  run = make_run(config, class_names=dataset.class_names, sample_rate=dataset.sample_rate, devices=devices)
+  tasks.prepare_run(config, dataset, workdir)  # process 0 writes; the others read it after the barrier
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"{workdir} prepared")
+  run = make_run(config, dataset.info, workdir=workdir, devices=devices)
+  evals = evaluators(config)
 
-  train_iter = iter(pipeline.train_dataset(
-      dataset.source(config.data.train_split), clip_samples=run.task.window_samples,
-      num_classes=len(run.class_names), local_batch_size=config.batch_size // jax.process_count(),
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+  train_iter = iter(run.task.train_batching.train(
+      dataset.source(config.data.train_split), batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.get("num_threads", 4)))
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
@@ -302,7 +347,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
   state = run.init(jax.random.key(config.seed)) if latest is None else \
       checkpoints.restore(latest, run.abstract_state, train_iter)
   if latest is None and config.get("init_from"):  # a resumed run's checkpoint already holds the imported weights
-    state = init_from_timm(run, state, config.init_from)
+    state = init_from_weights(run, state, config.init_from)
   eval_path = os.path.join(workdir, "eval.json")
   if start >= config.total_steps and os.path.exists(eval_path):  # finished: its config.json describes it
     checkpoints.close()
@@ -310,13 +355,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       return json.load(f)
   # Written only now, so a config that cannot build or restore this run leaves the workdir as it was.
   write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
-  write_json(os.path.join(workdir, "dataset.json"),
-              {"name": config.data.name, "class_names": dataset.class_names, "sample_rate": dataset.sample_rate})
+  write_dataset_json(workdir, config.data.name, dataset.info)
 
   writer = MetricWriter(workdir, resume_step=start)
   last_saved = start or None
   pending: list[dict] = []
-  validation = dataset.source(config.data.eval_split) if config.eval_every else None
+  sources = {entry["split"]: dataset.source(entry["split"]) for entry in evals.values()}
   progress = tqdm(total=config.total_steps, initial=start, unit="step", disable=jax.process_index() != 0,
                   dynamic_ncols=True, desc=os.path.basename(workdir))
   tick, tick_step = time.perf_counter(), start
@@ -335,9 +379,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
         state, step_metrics = run.train_step(state, run.to_global(next(train_iter)))
         pending.append(step_metrics)
         done = step + 1
-        evaluate_now = bool(config.eval_every) and done % config.eval_every == 0 and done < config.total_steps
+        evaluate_now = [name for name, entry in evals.items()
+                        if entry["every"] and done % entry["every"] == 0 and done < config.total_steps]
         save_now = done % config.checkpoint_every == 0 or done == config.total_steps
-        log_now = done % config.log_every == 0 or done == config.total_steps or evaluate_now
+        log_now = done % config.log_every == 0 or done == config.total_steps or bool(evaluate_now)
         if log_now or save_now:
           means = _check_finite(pending, done, checkpoints.directory, last_saved)
           pending = []
@@ -346,8 +391,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
             record = {**means, "learning_rate": float(run.learning_rate(done)),
                       "steps_per_sec": (done - tick_step) / max(now - tick, 1e-9)}
             tick, tick_step = now, done
-            if evaluate_now:
-              record.update({f"val_{k}": v for k, v in evaluate_source(run, state, validation).items()})
+            for name in evaluate_now:
+              entry = evals[name]
+              metrics = EVALUATORS[entry["kind"]](run, state, sources[entry["split"]])
+              record.update({f"{name}_{key}": value for key, value in metrics.items()})
             writer.write(done, record)
             progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
         if save_now:
@@ -361,11 +408,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     checkpoints.wait()
     checkpoints.close()
 
-  results = evaluate_source(run, state, dataset.source(config.data.test_split))
+  test = dataset.source(config.data.test_split)
+  results = evaluate_source(run, state, test)
+  for entry in evals.values():
+    if entry["final"]:
+      results.update(EVALUATORS[entry["kind"]](run, state, test))
   results.update(split=config.data.test_split, step=int(config.total_steps),
                  params=models.parameter_count(state.params))
   write_json(eval_path, results)
   if jax.process_index() == 0:
-    models.write_figures(config.model.name, jax.device_get(state.params), sample_rate=run.sample_rate,
+    models.write_figures(config.model.name, jax.device_get(state.params), sample_rate=run.info.sample_rate,
                          directory=workdir)
   return results

@@ -7,6 +7,11 @@ Positions: query row i sits at position i + q_offset, with q_offset = k_len - q_
 to the end of the keys, as in cached decoding); key j at position j.  Query q may see key k when
 k < k_len, and, if causal, k <= q, and, with a window W, k > q - W.  The functions take Python ints
 or traced int32 scalars (grid indices inside kernels) alike.
+
+Padding (pure-JAX blockwise only): the Plan stays static while a (batch, head)'s lengths are traced
+scalars passed beside it.  With `kv_length`, keys k >= kv_length are masked too and key blocks wholly
+past it are not visited; with `q_length`, query tiles wholly past it visit no block (their rows are
+padding, which the caller zeroes).
 """
 
 import dataclasses
@@ -60,7 +65,7 @@ class Plan:
 
 
 def _is_static(*values) -> bool:
-  return all(isinstance(v, (int, np.integer)) for v in values)
+  return all(isinstance(v, (int, np.integer, bool, np.bool_)) for v in values)
 
 
 def _minimum(a, b):
@@ -71,21 +76,26 @@ def _clip(x, low: int, high: int):
   return max(low, min(high, x)) if _is_static(x) else jnp.clip(x, low, high)
 
 
-def key_block_range(plan: Plan, q_block):
+def key_block_range(plan: Plan, q_block, *, kv_length=None, q_length=None):
   """`(lo, hi)`: the key blocks `lo <= j < hi` that query tile `q_block` visits (empty if lo >= hi).
 
-  These are the blocks that intersect `[q0 - W + 1, q0 + block_q)` in key positions, where q0 is the
-  tile's first query position; padded query rows past `q_len` do not widen the range.
+  These are the blocks that intersect `[q0 - W + 1, q1]` in key positions, where q0 and q1 are the
+  positions of the tile's first and last real query: padded query rows past `q_len` (or a traced
+  `q_length`) do not widen the range.  Blocks wholly past a traced `kv_length` are left out.
   """
-  if not plan.masked:
-    return 0, plan.num_k_blocks
+  q_rows = plan.q_len if q_length is None else _minimum(plan.q_len, q_length)
+  lo, hi = 0, plan.num_k_blocks
   q_first = q_block * plan.block_q + plan.q_offset
-  q_last = _minimum(q_first + plan.block_q - 1, plan.q_len - 1 + plan.q_offset)
-  hi = _clip(q_last // plan.block_k + 1, 0, plan.num_k_blocks)
-  if plan.window is None:
-    return 0, hi
-  lo = _clip((q_first - plan.window + 1) // plan.block_k, 0, plan.num_k_blocks)
-  return lo, hi
+  if plan.masked:
+    q_last = _minimum(q_first + plan.block_q - 1, q_rows - 1 + plan.q_offset)
+    hi = _clip(q_last // plan.block_k + 1, 0, plan.num_k_blocks)
+  if plan.window is not None:
+    lo = _clip((q_first - plan.window + 1) // plan.block_k, 0, plan.num_k_blocks)
+  if kv_length is None and q_length is None:
+    return lo, hi
+  if kv_length is not None:
+    hi = _minimum(hi, _ceil_div(kv_length, plan.block_k))
+  return lo, _select(q_block * plan.block_q >= q_rows, lo, _maximum(lo, hi))  # a tile of padding rows: empty
 
 
 def query_block_range(plan: Plan, k_block):
@@ -105,6 +115,12 @@ def _maximum(a, b):
   return max(a, b) if _is_static(a, b) else jnp.maximum(a, b)
 
 
+def _select(condition, if_true, if_false):
+  if _is_static(condition):
+    return if_true if condition else if_false
+  return jnp.where(condition, if_true, if_false)
+
+
 def _floor_div(a, b: int):
   return a // b  # Python ints and jnp int32 both round toward -inf
 
@@ -122,14 +138,16 @@ def _within(lo, hi, inner_lo, inner_hi):
   return jnp.where(empty, hi, inner_lo), jnp.where(empty, hi, inner_hi)
 
 
-def interior_key_range(plan: Plan, q_block):
+def interior_key_range(plan: Plan, q_block, *, kv_length=None, q_length=None):
   """`(ilo, ihi)` inside `key_block_range`: the key blocks of this tile that need no element mask.
 
   The visited blocks outside it, `[lo, ilo)` and `[ihi, hi)`, are the masked ones, so kernels can
   run three plain loops instead of branching per block.
   """
-  lo, hi = key_block_range(plan, q_block)
+  lo, hi = key_block_range(plan, q_block, kv_length=kv_length, q_length=q_length)
   inner_hi = plan.k_len // plan.block_k  # blocks that end before the padding
+  if kv_length is not None:
+    inner_hi = _minimum(inner_hi, _floor_div(kv_length, plan.block_k))
   inner_lo = 0
   if plan.masked:
     q_first = q_block * plan.block_q + plan.q_offset
@@ -162,10 +180,11 @@ def max_query_tiles_per_block(plan: Plan) -> int:
   return max(max(0, hi - lo) for lo, hi in (query_block_range(plan, j) for j in range(plan.num_k_blocks)))
 
 
-def block_needs_mask(plan: Plan, q_block, k_block):
+def block_needs_mask(plan: Plan, q_block, k_block, *, kv_length=None):
   """False when every (query, key) pair of the block is allowed: interior blocks skip the mask."""
   k_first = k_block * plan.block_k
-  touches_padding = k_first + plan.block_k > plan.k_len
+  k_len = plan.k_len if kv_length is None else _minimum(plan.k_len, kv_length)
+  touches_padding = k_first + plan.block_k > k_len
   if not plan.masked:
     return touches_padding
   q_first = q_block * plan.block_q + plan.q_offset
@@ -176,9 +195,11 @@ def block_needs_mask(plan: Plan, q_block, k_block):
   return touches_padding | partial
 
 
-def allowed_pairs(plan: Plan, q_pos, k_pos):
+def allowed_pairs(plan: Plan, q_pos, k_pos, *, kv_length=None):
   """Whether query position `q_pos` may see key position `k_pos` (elementwise on arrays of positions)."""
   allowed = k_pos < plan.k_len
+  if kv_length is not None:
+    allowed = allowed & (k_pos < kv_length)
   if plan.masked:
     allowed = allowed & (k_pos <= q_pos)
   if plan.window is not None:
@@ -186,12 +207,12 @@ def allowed_pairs(plan: Plan, q_pos, k_pos):
   return allowed
 
 
-def block_mask(plan: Plan, q_block, k_block, rows: int | None = None):
+def block_mask(plan: Plan, q_block, k_block, rows: int | None = None, *, kv_length=None):
   """Boolean `[rows, block_k]` of the allowed pairs; rows beyond `block_q` repeat the tile (query groups)."""
   shape = (plan.block_q, plan.block_k)  # 2-D iotas: what Mosaic and Triton lower directly
   q_pos = q_block * plan.block_q + plan.q_offset + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
   k_pos = k_block * plan.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-  allowed = allowed_pairs(plan, q_pos, k_pos)
+  allowed = allowed_pairs(plan, q_pos, k_pos, kv_length=kv_length)
   if rows is not None and rows != plan.block_q:
     allowed = jnp.tile(allowed, (rows // plan.block_q, 1))
   return allowed

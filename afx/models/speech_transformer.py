@@ -1,0 +1,118 @@
+"""Speech-Transformer (Dong, Xu & Xu, ICASSP 2018): an attention encoder-decoder over filterbanks, with a CTC
+head on the encoder for joint CTC/attention training and decoding (as ESPnet trains it).
+
+  audio → 80 Kaldi filterbanks (+ Δ, ΔΔ) → per-utterance mean/variance normalisation → SpecAugment (training)
+        → 2 × (3×3 conv, stride 2, BatchNorm, ReLU), 64 channels → Dense(d_model) · √d_model + sinusoids
+        → `encoder_layers` pre-LN Transformer blocks → LayerNorm → encoder states (CTC head: Dense(vocab))
+  <sos> + tokens → Embed · √d_model + sinusoids → `decoder_layers` pre-LN decoder blocks (causal
+        self-attention, cross-attention to the encoder states) → LayerNorm → Dense(vocab)
+
+The paper normalises per speaker; afx normalises per utterance (ESPnet's `utterance_mvn`), which needs
+no speaker labels at inference.  Called as the `asr` task says (`afx.tasks.asr`); `encode`,
+`ctc_logits` and `decode` are the pieces that decoding calls on their own.
+"""
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from afx.errors import ConfigError
+from afx.layers import speech
+from afx.layers.positional import sinusoidal_encoding
+from afx.layers.transformer import DecoderBlock, TransformerBlock
+
+
+class SpeechTransformer(nn.Module):
+  """Attributes:
+    vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
+    sample_rate, num_mel_bins, use_deltas: the filterbank front end (Δ and ΔΔ triple the input bins).
+    normalization: "utterance" (mean/variance per utterance) or "none".
+    spec_augment: mask `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of ≤ `time_width`
+      frames while training (draws from the `augment` RNG stream).
+    conv_channels, conv_batch_norm: the ×4 subsampling convolutions.
+    d_model, num_heads, mlp_dim, encoder_layers, decoder_layers, dropout_rate: the Transformer's sizes.
+  """
+  vocab_size: int
+  sample_rate: int = 16000
+  num_mel_bins: int = 80
+  use_deltas: bool = True
+  normalization: str = "utterance"
+  spec_augment: bool = True
+  freq_masks: int = 2
+  freq_width: int = 27
+  time_masks: int = 2
+  time_width: int = 40
+  conv_channels: int = 64
+  conv_batch_norm: bool = True
+  d_model: int = 256
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  encoder_layers: int = 6
+  decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  attention_impl: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.normalization not in speech.NORMALIZATIONS:
+      raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
+                        f"{', '.join(speech.NORMALIZATIONS)}")
+    self.subsampling = speech.Conv2dSubsampling(self.d_model, self.conv_channels, self.conv_batch_norm,
+                                                dtype=self.dtype)
+    self.encoder_blocks = [TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                                            attention_impl=self.attention_impl, layer_norm_epsilon=1e-12,
+                                            activation="relu", dtype=self.dtype, name=f"encoder_{i}")
+                           for i in range(self.encoder_layers)]
+    self.encoder_norm = nn.LayerNorm(1e-12)
+    self.ctc_head = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.embed = nn.Embed(self.vocab_size, self.d_model)
+    self.decoder_blocks = [DecoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                                        attention_impl=self.attention_impl, dtype=self.dtype, name=f"decoder_{i}")
+                           for i in range(self.decoder_layers)]
+    self.decoder_norm = nn.LayerNorm(1e-12)
+    self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def features(self, audio, audio_lengths, *, train: bool):
+    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
+    x, lengths = speech.filterbank(audio, audio_lengths, sample_rate=self.sample_rate,
+                                   num_mel_bins=self.num_mel_bins)
+    if self.use_deltas:
+      x = speech.with_deltas(x, lengths)
+    if self.normalization == "utterance":
+      x = speech.utterance_normalize(x, lengths)
+    if train and self.spec_augment:
+      x = speech.spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks,
+                              freq_width=self.freq_width, time_masks=self.time_masks, time_width=self.time_width)
+    return x, lengths
+
+  def _positions(self, x, train: bool):
+    x = x * math.sqrt(self.d_model) + sinusoidal_encoding(jnp.arange(x.shape[1]), self.d_model).astype(x.dtype)
+    return self.dropout(x, deterministic=not train)
+
+  def encode(self, audio, audio_lengths, *, train: bool = False):
+    """Encoder states `[batch, frames/4, d_model]` and their lengths."""
+    x, lengths = self.features(audio, audio_lengths, train=train)
+    x, lengths = self.subsampling(x, lengths, train=train)
+    x = self._positions(x, train)
+    for block in self.encoder_blocks:
+      x = block(x, train=train, lengths=lengths)
+    return self.encoder_norm(x), lengths
+
+  def ctc_logits(self, encoded):
+    return self.ctc_head(encoded).astype(jnp.float32)
+
+  def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False):
+    """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first)."""
+    x = self._positions(self.embed(tokens).astype(self.dtype), train)
+    for block in self.decoder_blocks:
+      x = block(x, encoded, encoded_lengths, train=train, lengths=token_lengths)
+    return self.output(self.decoder_norm(x)).astype(jnp.float32)
+
+  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, *, train: bool = False):
+    encoded, lengths = self.encode(audio, audio_lengths, train=train)
+    outputs = {"ctc_logits": self.ctc_logits(encoded), "encoder_lengths": lengths}
+    if self.decoder_layers:
+      outputs["decoder_logits"] = self.decode(decoder_inputs, decoder_lengths, encoded, lengths, train=train)
+    return outputs

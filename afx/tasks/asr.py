@@ -1,0 +1,172 @@
+"""Speech recognition with a joint CTC/attention objective (Kim, Hori & Watanabe 2017; ESPnet's hybrid loss).
+
+Batches are whole utterances padded to a few static lengths (`data_pipelines.utterances.Utterances`,
+buckets from `config.data.bucket_seconds`), their transcripts encoded by the run's tokenizer, which is
+built from the training split's transcripts and saved as `WORKDIR/tokenizer.json` (`prepare`).
+
+A model of this task is called as `model(audio, audio_lengths, decoder_inputs, decoder_lengths, train=)`
+and returns `{"ctc_logits" [b, frames, vocab], "encoder_lengths" [b], "decoder_logits" [b, L, vocab]}`
+(`decoder_logits` may be absent when `ctc_weight` is 1).  The decoder reads `<sos/eos>` + tokens and is
+trained to emit tokens + `<sos/eos>`.
+
+  loss = ctc_weight · CTC + (1 − ctc_weight) · attention cross-entropy with label smoothing
+
+each summed over an utterance and averaged over the batch, as ESPnet does (its label smoothing is
+the KL divergence to the smoothed target, which is what is computed here).  Both parts, the decoder's
+token accuracy and the count of utterances too long for CTC are logged beside the loss.
+
+Evaluation: greedy CTC transcripts (on the device) scored against the references on the host:
+`ctc_greedy_wer`, `ctc_greedy_cer`, the decoder's teacher-forced `attention_accuracy`, and `utterances`.
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afx.decoding import ctc
+from afx.errors import ConfigError
+from afx.layers.speech import valid_mask
+from afx.tasks.base import register_task
+from afx.text import build_tokenizer, character_error_rate, load_tokenizer, normalize_for_scoring, word_error_rate
+from data_pipelines.utterances import Utterances
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def smoothed_cross_entropy(logits, targets, mask, *, smoothing: float):
+  """ESPnet's `LabelSmoothingLoss` summed over unmasked positions: KL(smoothed target ‖ softmax(logits)),
+  the target `1 − smoothing` on the label and `smoothing / (vocab − 1)` on every other id."""
+  vocab = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  off = smoothing / (vocab - 1)
+  target = jnp.where(jax.nn.one_hot(targets, vocab, dtype=bool), 1.0 - smoothing, off)
+  entropy = jnp.sum(jnp.where(target > 0, target * jnp.log(jnp.where(target > 0, target, 1.0)), 0.0), axis=-1)
+  kl = entropy - jnp.sum(target * log_probs, axis=-1)
+  return jnp.sum(jnp.where(mask, kl, 0.0))
+
+
+@register_task("asr")
+@dataclasses.dataclass(frozen=True)
+class SpeechRecognitionTask:
+  """Joint CTC/attention speech recognition (see the module docstring)."""
+  tokenizer: object  # an `afx.text.Tokenizer`
+  bucket_samples: tuple[int, ...]
+  max_tokens: int
+  ctc_weight: float = 0.3
+  label_smoothing: float = 0.1
+  headline_metric = "ctc_greedy_wer"
+
+  def __post_init__(self):
+    if not 0.0 <= self.ctc_weight <= 1.0:
+      raise ConfigError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+  @classmethod
+  def prepare(cls, config, dataset, workdir: str) -> None:
+    """Build the tokenizer from the training split's transcripts into `workdir` unless it is there."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path) or jax.process_index() != 0:
+      return
+    options = dict(config.tokenizer)
+    kind = options.pop("kind", "characters")
+    source = dataset.source(config.data.train_split)
+    texts = [_text(source[i]["text"]) for i in range(len(source))]
+    build_tokenizer(kind, texts, **options).save(workdir)
+
+  @classmethod
+  def from_config(cls, config, info, upstream, workdir: str | None = None):
+    if workdir is None or not os.path.exists(os.path.join(workdir, TOKENIZER_FILE)):
+      raise ConfigError(f"an asr run needs its tokenizer ({workdir}/{TOKENIZER_FILE}), which training writes; "
+                        "train this workdir first")
+    data = config.data
+    buckets = tuple(round(seconds * info.sample_rate) for seconds in data.bucket_seconds)
+    return cls(load_tokenizer(workdir), buckets, int(data.max_tokens), ctc_weight=float(config.ctc_weight),
+               label_smoothing=float(config.label_smoothing))
+
+  @property
+  def batching(self) -> Utterances:
+    return Utterances(self.bucket_samples, self.max_tokens, encode_text=self.tokenizer.encode)
+
+  train_batching = eval_batching = batching
+
+  def model_kwargs(self) -> dict:
+    return {"vocab_size": self.tokenizer.vocab_size}
+
+  def example_inputs(self) -> tuple:
+    audio = np.zeros((1, self.bucket_samples[0]), np.float32)
+    tokens = np.zeros((1, self.max_tokens + 1), np.int32)
+    return audio, np.full((1,), audio.shape[1], np.int32), tokens, np.ones((1,), np.int32)
+
+  def decoder_sequences(self, batch):
+    """`(inputs, targets, lengths)`: `<sos/eos>` + tokens, tokens + `<sos/eos>`, each `[b, max_tokens + 1]`."""
+    tokens, lengths = batch["tokens"], batch["token_lengths"]
+    sos_eos = self.tokenizer.sos_eos_id
+    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), sos_eos, tokens.dtype), tokens], axis=1)
+    padded = jnp.concatenate([tokens, jnp.zeros((tokens.shape[0], 1), tokens.dtype)], axis=1)
+    targets = jnp.where(jnp.arange(padded.shape[1])[None] == lengths[:, None], sos_eos, padded)
+    return inputs, targets, lengths + 1
+
+  def model_inputs(self, batch):
+    inputs, _, lengths = self.decoder_sequences(batch)
+    return batch["audio"], batch["audio_lengths"], inputs, lengths
+
+  def _parts(self, outputs, batch):
+    """Per-utterance CTC and attention losses, their masks and the decoder's correct-token counts."""
+    ctc_losses, possible = ctc.ctc_loss(outputs["ctc_logits"], outputs["encoder_lengths"], batch["tokens"],
+                                        batch["token_lengths"], blank_id=self.tokenizer.blank_id)
+    parts = {"ctc": ctc_losses, "possible": possible}
+    if "decoder_logits" in outputs:
+      _, targets, lengths = self.decoder_sequences(batch)
+      mask = valid_mask(lengths, targets.shape[1])
+      logits = outputs["decoder_logits"]
+      parts["attention"] = jax.vmap(lambda l, t, m: smoothed_cross_entropy(l, t, m, smoothing=self.label_smoothing))(
+          logits, targets, mask)
+      parts["correct"] = jnp.sum((jnp.argmax(logits, axis=-1) == targets) & mask, axis=1)
+      parts["decoder_tokens"] = jnp.sum(mask, axis=1)
+    return parts
+
+  def loss(self, outputs, batch):
+    parts = self._parts(outputs, batch)
+    batch_size = batch["tokens"].shape[0]
+    ctc_loss = jnp.sum(parts["ctc"]) / jnp.maximum(jnp.sum(parts["possible"]), 1)
+    aux = {"ctc_loss": ctc_loss, "ctc_impossible": jnp.sum(~parts["possible"])}
+    if self.ctc_weight == 1.0 or "attention" not in parts:
+      if self.ctc_weight < 1.0:
+        raise ConfigError("ctc_weight < 1 needs a model with a decoder (it returned no decoder_logits)")
+      return ctc_loss, aux
+    attention_loss = jnp.sum(parts["attention"]) / batch_size
+    aux.update(attention_loss=attention_loss,
+               attention_accuracy=jnp.sum(parts["correct"]) / jnp.maximum(jnp.sum(parts["decoder_tokens"]), 1))
+    return self.ctc_weight * ctc_loss + (1.0 - self.ctc_weight) * attention_loss, aux
+
+  def eval_outputs(self, outputs, batch) -> dict:
+    tokens, lengths, _, _ = ctc.greedy_decode(outputs["ctc_logits"], outputs["encoder_lengths"],
+                                              blank_id=self.tokenizer.blank_id)
+    rows = {"ctc_tokens": tokens, "ctc_lengths": lengths, "tokens": batch["tokens"],
+            "token_lengths": batch["token_lengths"], "index": batch["index"]}
+    if "decoder_logits" in outputs:
+      parts = self._parts(outputs, batch)
+      rows.update(correct=parts["correct"], decoder_tokens=parts["decoder_tokens"])
+    return rows
+
+  def texts(self, tokens, lengths) -> list[str]:
+    """Token rows (ids before each length) as text, normalised for scoring."""
+    return [normalize_for_scoring(self.tokenizer.decode(row[:length])) for row, length in zip(tokens, lengths)]
+
+  def metrics(self, rows: dict[str, np.ndarray], num_examples: int) -> dict:
+    keep = np.asarray(rows["index"]) >= 0
+    references = self.texts(rows["tokens"][keep], rows["token_lengths"][keep])
+    hypotheses = self.texts(rows["ctc_tokens"][keep], rows["ctc_lengths"][keep])
+    results = {"ctc_greedy_wer": word_error_rate(references, hypotheses),
+               "ctc_greedy_cer": character_error_rate(references, hypotheses), "utterances": int(keep.sum())}
+    if "correct" in rows:
+      results["attention_accuracy"] = float(rows["correct"][keep].sum() / max(rows["decoder_tokens"][keep].sum(), 1))
+    return results
