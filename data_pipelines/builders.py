@@ -40,7 +40,11 @@ _REGISTRY = {
     "audio_folder": "data_pipelines.audio_folder:AudioFolder",
     "audioset": "data_pipelines.audioset:Audioset",
     "esc50": "data_pipelines.esc50:Esc50",
+    "librispeech": "data_pipelines.librispeech:Librispeech",
+    "wsj": "data_pipelines.wsj:Wsj",
+    "speech_folder": "data_pipelines.speech_folder:SpeechFolder",
 }
+FOLDER_DATASETS = ("audio_folder", "speech_folder")  # datasets of a user's folder: one data_dir per folder
 
 
 # Features and conversions.
@@ -461,15 +465,15 @@ def _builder_class(name: str) -> type[tfds.core.DatasetBuilder]:
   return getattr(importlib.import_module(module_name), class_name)
 
 
-def folder_data_dir(base_dir: str, folder: str | os.PathLike) -> str:
-  """The data_dir of an audio_folder dataset: ``base_dir/audio_folder-<hash of the folder>``.
+def folder_data_dir(base_dir: str, folder: str | os.PathLike, name: str = "audio_folder") -> str:
+  """The data_dir of a folder dataset (``FOLDER_DATASETS``): ``base_dir/<name>-<hash of the folder>``.
 
   Datasets built from different folders share a name and config, so each gets its own directory,
   named by the first 10 hex digits of the SHA-256 of the folder's absolute path.
   """
   absolute = os.path.abspath(os.path.expanduser(os.fspath(folder)))
   digest = hashlib.sha256(absolute.encode("utf-8")).hexdigest()[:10]
-  return os.path.join(base_dir, f"audio_folder-{digest}")
+  return os.path.join(base_dir, f"{name}-{digest}")
 
 
 def get_builder(
@@ -484,9 +488,9 @@ def get_builder(
   Args:
     name: ``"dataset"`` or ``"dataset/config"``, e.g. ``"synth_events/single_label"``.
     data_dir: where datasets are built; default ``$AFX_DATA_DIR`` or ``~/afx_data``.
-      ``audio_folder`` builds in a subfolder named by a hash of its ``folder`` (see
+      ``audio_folder`` and ``speech_folder`` build in a subfolder named by a hash of their ``folder`` (see
       ``folder_data_dir``) so datasets from different folders do not collide.
-    manual_dir: the directory of downloaded real data (fsd50k, audioset, esc50).
+    manual_dir: the directory of downloaded real data (fsd50k, audioset, esc50, librispeech, wsj).
     **builder_kwargs: passed to the builder (``split_sizes``, ``seed``, ``folder``, ...).
 
   Raises:
@@ -504,8 +508,8 @@ def get_builder(
       )
     builder_kwargs["config"] = config
   data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-  if dataset == "audio_folder" and builder_kwargs.get("folder") is not None:
-    data_dir = folder_data_dir(data_dir, builder_kwargs["folder"])
+  if dataset in FOLDER_DATASETS and builder_kwargs.get("folder") is not None:
+    data_dir = folder_data_dir(data_dir, builder_kwargs["folder"], dataset)
   return builder_class(
       data_dir=data_dir, manual_dir=manual_dir, file_format=FILE_FORMAT, **builder_kwargs
   )

@@ -15,17 +15,24 @@ utterance longer than `max_seconds`.
 
 import dataclasses
 import inspect
+import json
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import tensorflow_datasets as tfds
 
+from afx.audio.io import load_audio
+from afx.errors import AudioError
 from data_pipelines import builders
 
 EMPTY_TRANSCRIPT = "empty or missing transcript"
 OUTSIDE_CHARACTERS = "characters outside the vocabulary"
 TOO_LONG = "longer than max_seconds"
 UNREADABLE = "unreadable audio"
+MISSING_SPLITS_KEY = "missing_splits"
 DEFAULT_MAX_SECONDS = 36.0  # LibriSpeech's longest utterances last about 35 s
 
 
@@ -99,3 +106,92 @@ class SpeechManualDirBuilder(builders.ManualDirBuilder, skip_registration=True):
         metadata=tfds.core.MetadataDict(sample_rate=config.sample_rate, max_seconds=config.max_seconds),
         homepage=self.HOMEPAGE,
     )
+
+
+def load_utterance(item: tuple[str, str, str, str | None, str], *, sample_rate: int,
+                   max_seconds: float | None, characters: str | None) -> dict | builders.Skip:
+  """Reads one utterance (runs in a worker process): the example, or why it was skipped.
+
+  ``item`` is (audio path, the file as the build report names it, utterance id, transcript or None
+  when there is none, speaker).
+  """
+  path, file, utterance_id, text, speaker = item
+  skip = transcript_skip(file, text, characters)
+  if skip is not None:
+    return skip
+  skip = declared_length_skip(path, file, max_seconds)
+  if skip is not None:
+    return skip
+  try:
+    waveform, _ = load_audio(path, sample_rate=sample_rate)
+  except AudioError as e:
+    return builders.Skip(file, getattr(e, "reason", UNREADABLE), str(e))
+  skip = length_skip(file, len(waveform), sample_rate, max_seconds)
+  if skip is not None:
+    return skip
+  return speech_example(waveform, text, utterance_id, speaker)
+
+
+def declared_length_skip(path: str, file: str, max_seconds: float | None) -> builders.Skip | None:
+  """The too-long `Skip` of a file whose header declares more than ``max_seconds``.
+
+  Checked before decoding so that an hour-long recording is not decoded and resampled only to be
+  skipped; a header soundfile cannot read is left for ``load_audio`` to report.
+  """
+  if max_seconds is None:
+    return None
+  try:
+    info = sf.info(path)
+  except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
+    return None
+  return length_skip(file, info.frames, info.samplerate, max_seconds)
+
+
+class FolderSplitsBuilder(SpeechManualDirBuilder, skip_registration=True):
+  """A speech corpus with one folder per split under a root folder; the splits present are built.
+
+  Subclasses set ``SPLIT_FOLDERS`` (split -> folder name) and implement ``split_root()`` (the folder
+  holding the split folders) and ``folder_items(split, folder)`` (``split_items``'s list of one
+  split).  Missing split folders are printed before the build and listed under ``missing_splits``
+  in build_report.json; ``check_layout`` raises when none is present.
+  """
+
+  SPLIT_FOLDERS: dict[str, str]
+  load_example = staticmethod(load_utterance)
+
+  def __init__(self, **kwargs):
+    self.missing_splits: dict[str, str] = {}
+    super().__init__(**kwargs)
+
+  def split_root(self) -> str:
+    raise NotImplementedError
+
+  def folder_items(self, split: str, folder: str) -> list[tuple[str, tuple]]:
+    raise NotImplementedError
+
+  def split_items(self) -> Iterator[tuple[str, list[tuple[str, tuple]]]]:
+    root = self.split_root()
+    folders = {split: os.path.join(root, name) for split, name in self.SPLIT_FOLDERS.items()}
+    self.missing_splits = {split: path for split, path in folders.items() if not os.path.isdir(path)}
+    if self.missing_splits:
+      print(f"{self.name}: no {', '.join(self.SPLIT_FOLDERS[s] for s in self.missing_splits)} in {root};"
+            f" building only {', '.join(s for s in folders if s not in self.missing_splits)}", flush=True)
+    for split, path in folders.items():
+      if split not in self.missing_splits:
+        yield split, self.folder_items(split, path)
+
+  def download_and_prepare(self, **kwargs) -> None:
+    built = self.is_prepared()
+    super().download_and_prepare(**kwargs)
+    if not built and self.missing_splits:
+      add_to_report(self.data_dir, {MISSING_SPLITS_KEY: self.missing_splits})
+
+
+def add_to_report(data_dir: str | os.PathLike, entries: dict) -> None:
+  """Adds ``entries`` to the build_report.json a build just wrote into ``data_dir``."""
+  path = os.path.join(os.fspath(data_dir), builders.REPORT_FILE)
+  with open(path) as f:
+    report = json.load(f)
+  report.update(entries)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)
