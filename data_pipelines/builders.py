@@ -40,6 +40,7 @@ _REGISTRY = {
     "audio_folder": "data_pipelines.audio_folder:AudioFolder",
     "audioset": "data_pipelines.audioset:Audioset",
     "esc50": "data_pipelines.esc50:Esc50",
+    "synth_speech": "data_pipelines.synth_speech:SynthSpeech",
     "librispeech": "data_pipelines.librispeech:Librispeech",
     "wsj": "data_pipelines.wsj:Wsj",
     "speech_folder": "data_pipelines.speech_folder:SpeechFolder",
