@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""afx's command line: train, eval, predict, sample, reproduce, launch.
+"""afx's command line: train, eval, predict, transcribe, sample, reproduce, convert, launch.
 
   python run.py train --config experiments/verma_berger_2021.py:small,tiny --workdir runs/small
   python run.py eval --workdir runs/small [--split validation]
   python run.py predict --workdir runs/small clip1.wav clip2.flac
+  python run.py transcribe --workdir runs/asr speech1.wav speech2.flac
   python run.py sample --workdir runs/t3 --seconds 2 [--temperature 1.0] [--prime FILE] --out sample.wav
   python run.py reproduce verma_berger_2021 --scale tiny --workdir runs/demo
   python run.py launch --tpu my-pod --zone us-central2-b [--dry-run] -- train --config ... --workdir gs://...
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
   predict.add_argument("--workdir", required=True)
   predict.add_argument("files", nargs="+")
   predict.add_argument("--top", type=int, default=5)
+
+  transcribe = commands.add_parser("transcribe", help="speech recognition: text and word times, one JSON line per file")
+  transcribe.add_argument("--workdir", required=True)
+  transcribe.add_argument("files", nargs="+")
 
   sample = commands.add_parser("sample", help="generate audio from a next_sample run into a wav file")
   sample.add_argument("--workdir", required=True)
@@ -104,6 +109,12 @@ def main(argv: list[str]) -> int:
     elif args.command == "predict":
       failed = False
       for line in afx.train.predict(args.workdir, args.files, top_k=args.top):
+        failed |= "error" in line
+        print(json.dumps(line), flush=True)
+      return 1 if failed else 0
+    elif args.command == "transcribe":
+      failed = False
+      for line in afx.train.transcribe(args.workdir, args.files):
         failed |= "error" in line
         print(json.dumps(line), flush=True)
       return 1 if failed else 0

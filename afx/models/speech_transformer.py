@@ -74,6 +74,11 @@ class SpeechTransformer(nn.Module):
     self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
+  @property
+  def frame_seconds(self) -> float:
+    """Seconds per encoder frame: the 10 ms filterbank shift × 4 (the subsampling)."""
+    return 0.040
+
   def features(self, audio, audio_lengths, *, train: bool):
     """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
     x, lengths = speech.filterbank(audio, audio_lengths, sample_rate=self.sample_rate,

@@ -17,6 +17,11 @@ token accuracy and the count of utterances too long for CTC are logged beside th
 
 Evaluation: greedy CTC transcripts (on the device) scored against the references on the host:
 `ctc_greedy_wer`, `ctc_greedy_cer`, the decoder's teacher-forced `attention_accuracy`, and `utterances`.
+
+Serving (`run.py transcribe`): `transcription_rows` decodes a batch of audio chunks on the device (the
+model's `encode` and `ctc_logits`, greedy CTC with each token's first and last frame) and `transcript`
+turns a file's rows into its text and words with start and end times from the CTC alignment (the
+model's `frame_seconds` per encoder frame).
 """
 
 import dataclasses
@@ -30,10 +35,12 @@ from afx.decoding import ctc
 from afx.errors import ConfigError
 from afx.layers.speech import valid_mask
 from afx.tasks.base import register_task
-from afx.text import build_tokenizer, character_error_rate, load_tokenizer, normalize_for_scoring, word_error_rate
+from afx.text import (SPACE, build_tokenizer, character_error_rate, load_tokenizer, normalize_for_scoring,
+                      word_error_rate)
 from data_pipelines.utterances import Utterances
 
 TOKENIZER_FILE = "tokenizer.json"
+WORD_START = "\u2581"  # sentencepiece's mark of a piece that begins a word
 
 
 def _text(value) -> str:
@@ -170,3 +177,43 @@ class SpeechRecognitionTask:
     if "correct" in rows:
       results["attention_accuracy"] = float(rows["correct"][keep].sum() / max(rows["decoder_tokens"][keep].sum(), 1))
     return results
+
+  def transcription_rows(self, model, variables, batch) -> dict:
+    """Greedy CTC transcripts of `batch["audio"]` (rows valid up to `batch["audio_lengths"]`), jitted: the
+    emitted ids, their counts and the first and last encoder frame of each (see `afx.decoding.ctc.collapse`)."""
+    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    logits = model.apply(variables, encoded, method="ctc_logits")
+    tokens, counts, first, last = ctc.greedy_decode(logits, lengths, blank_id=self.tokenizer.blank_id)
+    return {"tokens": tokens, "lengths": counts, "first": first, "last": last, "index": batch["index"]}
+
+  def words(self, tokens, first, last, *, frame_seconds: float, offset: float = 0.0) -> list[dict]:
+    """`[{"word", "start", "end"}]` of one chunk's emitted ids with their first and last frames; a word ends
+    at a `<space>` token or where a sentencepiece piece begins a new word."""
+    words, current = [], []
+
+    def flush():
+      if current:
+        text = self.tokenizer.decode(np.asarray([token for token, _, _ in current])).strip()
+        if text:
+          words.append({"word": text, "start": round(offset + current[0][1] * frame_seconds, 3),
+                        "end": round(offset + (current[-1][2] + 1) * frame_seconds, 3)})
+        current.clear()
+
+    for token, start, end in zip(np.asarray(tokens).tolist(), np.asarray(first).tolist(), np.asarray(last).tolist()):
+      piece = self.tokenizer.tokens[token]
+      if piece == SPACE or piece.startswith(WORD_START):
+        flush()
+      if piece != SPACE:
+        current.append((token, start, end))
+    flush()
+    return words
+
+  def transcript(self, chunks: list[tuple[float, dict]], *, frame_seconds: float) -> dict:
+    """A file's `{"text", "words"}` from its chunks' rows `(offset in seconds, row of transcription_rows)`."""
+    words = []
+    for offset, row in chunks:
+      count = int(row["lengths"])
+      words += self.words(row["tokens"][:count], row["first"][:count], row["last"][:count],
+                          frame_seconds=frame_seconds, offset=offset)
+    return {"text": " ".join(word["word"] for word in words), "words": words}
+

@@ -7,6 +7,7 @@ command-line verbs that need them look for them (`require`), never for a task's 
   features(model, variables, audio)      the `[batch, d]` vectors a linear probe reads (representation tasks)
   clip_scores(rows)                       `[classes]` scores of one file from its windows' eval rows (`run.py predict`)
   generate(model, variables, prime, rng, num_samples=, temperature=)   audio from a generative model (`run.py sample`)
+  transcription_rows(model, variables, batch)   transcripts of audio chunks on the device (`run.py transcribe`)
 
 A task class registers itself under its task names with `@register_task("name", ...)`; `make_task`
 looks the config's `task` up and calls the class's `from_config(config, info, upstream, workdir)`, with
@@ -25,7 +26,7 @@ from data_pipelines import pipeline
 
 _TASKS: dict[str, type] = {}
 # The command-line verbs that serve a trained run, and the task method each needs.
-VERBS = {"predict": "clip_scores", "sample": "generate"}
+VERBS = {"predict": "clip_scores", "sample": "generate", "transcribe": "transcription_rows"}
 
 
 class Task(Protocol):

@@ -1,4 +1,5 @@
-"""Use a trained run from its workdir: evaluate a split, predict labels for audio files, or sample audio."""
+"""Use a trained run from its workdir: evaluate a split, predict labels for audio files, transcribe speech,
+or sample audio."""
 
 import json
 import os
@@ -90,3 +91,77 @@ def sample_audio(workdir: str, *, seconds: float, out: str, temperature: float =
   write_audio(out, waveform, sample_rate)
   return {"file": out, "seconds": num_samples / sample_rate, "sample_rate": sample_rate,
           "prime": prime, "temperature": temperature, "wall_seconds": round(elapsed, 3)}
+
+
+def chunk_bounds(audio: np.ndarray, max_samples: int, *, frame: int = 160, search: float = 0.2) -> list[tuple[int, int]]:
+  """`[(start, end)]` cutting `audio` into pieces of at most `max_samples`, each cut at the quietest
+  `frame`-sample frame of the last `search` fraction of its piece, so that cuts fall between words."""
+  bounds, start = [], 0
+  while audio.shape[0] - start > max_samples:
+    low = start + int(max_samples * (1 - search))
+    frames = (start + max_samples - low) // frame
+    energy = np.square(audio[low:low + frames * frame].reshape(frames, frame)).sum(axis=1)
+    cut = low + int(np.argmin(energy)) * frame + frame // 2
+    bounds.append((start, cut))
+    start = cut
+  return bounds + [(start, audio.shape[0])]
+
+
+def transcribe(workdir: str, files: Sequence[str], *, group: int = 64) -> Iterator[dict]:
+  """For each file, `{"file", "text", "words": [{"word", "start", "end"}]}` (times in seconds from the CTC
+  alignment), or `{"file", "error"}` if it cannot be read.
+
+  Files longer than the run's longest bucket are cut into chunks between words (`chunk_bounds`); the
+  chunks of up to `group` files at a time are decoded together in batches of `eval_batch_size`, each
+  padded to the run's buckets, so many short files cost few device calls.
+  """
+  run, state = load_run(workdir)
+  rows_of = require(run.task, "transcribe", workdir=workdir, task_name=run.config.task)
+  task, model = run.task, run.model
+  step = run.jit_eval(lambda state, batch: rows_of(model, {"params": state.params, **state.model_state}, batch))
+  batch_size = run.config.get("eval_batch_size") or run.config.batch_size
+  strategy = task.eval_batching
+  rate = run.info.sample_rate
+  for first in range(0, len(files), group):
+    names = files[first:first + group]
+    chunks, results = [], {}
+    for path in names:
+      try:
+        audio, _ = load_audio(path, sample_rate=rate)
+      except AudioError as error:
+        results[path] = {"file": path, "error": str(error)}
+        continue
+      for start, end in chunk_bounds(audio, strategy.max_samples):
+        chunks.append((path, start / rate, audio[start:end]))
+    rows = _decode_chunks(lambda batch: step(state, run.to_global(batch)), strategy,
+                          [audio for _, _, audio in chunks], batch_size)
+    per_file: dict[str, list] = {}
+    for (path, offset, _), row in zip(chunks, rows):
+      per_file.setdefault(path, []).append((offset, row))
+    for path in names:
+      yield results.get(path) or {"file": path, **task.transcript(per_file.get(path, []),
+                                                                  frame_seconds=model.frame_seconds)}
+
+
+def _decode_chunks(decode, strategy, chunks: list[np.ndarray], batch_size: int) -> list[dict]:
+  """`decode(batch)`'s row of every chunk, in order: chunks batched by bucket, padding rows for the rest."""
+  rows: list[dict | None] = [None] * len(chunks)
+  buckets = strategy.buckets_of([chunk.shape[0] for chunk in chunks])
+  for bucket in np.unique(buckets):
+    members = np.flatnonzero(buckets == bucket)
+    length = strategy.bucket_samples[int(bucket)]
+    for start in range(0, members.size, batch_size):
+      indices = members[start:start + batch_size]
+      audio = np.zeros((batch_size, length), np.float32)
+      lengths = np.zeros(batch_size, np.int32)
+      for row, index in enumerate(indices):
+        audio[row, :chunks[index].shape[0]] = chunks[index]
+        lengths[row] = chunks[index].shape[0]
+      index = np.full(batch_size, -1, np.int32)
+      index[:indices.size] = indices
+      out = {key: _host(value) for key, value in
+             decode({"audio": audio, "audio_lengths": lengths, "index": index}).items()}
+      for row, chunk in enumerate(indices):
+        rows[chunk] = {key: value[row] for key, value in out.items()}
+  return rows
+

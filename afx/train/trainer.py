@@ -225,7 +225,16 @@ def eval_rows(run: Run, state: TrainState, source, step: Callable | None = None)
   for batch in strategy.evaluate(source, num_batches=num_batches, **shard):
     for key, value in (step or run.predict)(state, run.to_global(batch)).items():
       rows.setdefault(key, []).append(_host(value))
-  return {key: np.concatenate(value) for key, value in rows.items()}
+  return {key: concatenate_rows(value) for key, value in rows.items()}
+
+
+def concatenate_rows(parts: list[np.ndarray]) -> np.ndarray:
+  """Batches of rows joined along the batch axis, zero-padded to the longest of each other axis: batches
+  of different buckets give rows of different lengths (e.g. per-frame transcripts), each with its length."""
+  shape = np.max([part.shape for part in parts], axis=0)
+  padded = [np.pad(part, [(0, 0)] + [(0, int(size) - n) for size, n in zip(shape[1:], part.shape[1:])])
+            for part in parts]
+  return np.concatenate(padded)
 
 
 def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:

@@ -1,0 +1,122 @@
+"""Speech recognition end to end on a tiny synth_speech build: the tokenizer made from the training split,
+bucketed utterance batches, the joint CTC/attention loss and its logged parts, greedy-CTC evaluation, and
+`run.py transcribe` (several files batched, a long file in chunks, a broken file, the wrong kind of run)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from afx.text import load_tokenizer
+from afx.train import load_config, train
+from data_pipelines import get_builder, prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = {"train": 32, "validation": 8, "test": 8}
+
+ASR_CONFIG = '''"""A seconds-long speech recognition run for tests."""
+import ml_collections
+
+
+def get_config(variant=None):
+  config = ml_collections.ConfigDict()
+  config.task = "asr"
+  config.seed = 0
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.total_steps = 24
+  config.log_every = 6
+  config.checkpoint_every = 12
+  config.eval_every = 12
+  config.attention_impl = None
+  config.fsdp = 1
+  config.ctc_weight = 0.3
+  config.label_smoothing = 0.1
+  config.tokenizer = ml_collections.ConfigDict(dict(kind="characters", case="lower"))
+  config.data = ml_collections.ConfigDict(dict(
+      name="synth_speech", data_dir={data_dir!r}, manual_dir=None, folder=None, train_split="train",
+      eval_split="validation", test_split="test", bucket_seconds=(4.0, 8.0), max_tokens=120, num_threads=2,
+      builder_kwargs=ml_collections.ConfigDict(dict(split_sizes={splits!r}, num_workers=1))))
+  config.model = ml_collections.ConfigDict(dict(
+      name="speech_transformer", num_mel_bins=40, use_deltas=False, d_model=32, num_heads=2, mlp_dim=64,
+      encoder_layers=1, decoder_layers=1, conv_channels=8, dropout_rate=0.0))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=3e-3, b1=0.9, b2=0.98, weight_decay=0.0, schedule="cosine", warmup_steps=4,
+      end_factor=0.0, grad_clip_norm=5.0))
+  return config
+'''
+
+
+@pytest.fixture(scope="module")
+def asr_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("asr")
+  path = root / "asr_config.py"
+  path.write_text(ASR_CONFIG.format(data_dir=str(root / "data"), splits=SPLITS))
+  workdir = str(root / "run")
+  results = train(load_config(str(path)), workdir)
+  return str(path), workdir, results
+
+
+def _source(config_path, split):
+  config = load_config(config_path)
+  builder = prepare(get_builder("synth_speech", data_dir=config.data.data_dir, split_sizes=SPLITS, num_workers=1))
+  return builder.as_data_source(split=split)
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "run.py"), *args], capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_asr_run_trains_on_bucketed_utterances_and_logs_both_losses(asr_run):
+  config_path, workdir, results = asr_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert all({"ctc_loss", "attention_loss", "attention_accuracy", "ctc_impossible"} <= set(r) for r in records)
+  assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+  assert [r["step"] for r in records if "val_ctc_greedy_wer" in r] == [12]
+  assert results["utterances"] == SPLITS["test"] and 0.0 <= results["ctc_greedy_cer"] <= 1.5
+  assert 0.0 < results["attention_accuracy"] < 1.0
+  tokenizer = load_tokenizer(workdir)  # built from the training split's transcripts
+  assert tokenizer.tokens[0] == "<blank>" and tokenizer.tokens[-1] == "<sos/eos>"
+  train_split = _source(config_path, "train")
+  characters = set("".join(train_split[i]["text"].decode() for i in range(len(train_split))))
+  assert set(tokenizer.tokens[2:-1]) == (characters - {" "}) | {"<space>"}
+
+
+def test_transcribe_batches_files_cuts_long_ones_and_reports_broken_ones(asr_run, tmp_path):
+  config_path, workdir, _ = asr_run
+  source = _source(config_path, "test")
+  utterances = [np.asarray(source[i]["audio"], np.float32) / 32768.0 for i in range(3)]
+  short = str(tmp_path / "short.wav")
+  sf.write(short, utterances[0], 16000)
+  long_audio = np.concatenate(utterances + utterances)  # longer than the 8 s bucket: decoded in chunks
+  assert long_audio.shape[0] > 8 * 16000
+  long = str(tmp_path / "long.flac")
+  sf.write(long, long_audio, 16000)
+  broken = str(tmp_path / "broken.wav")
+  with open(broken, "wb") as f:
+    f.write(b"RIFF not really a wav file")
+
+  result = run_cli("transcribe", "--workdir", workdir, short, broken, long)
+  assert result.returncode == 1, result.stderr
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [line["file"] for line in lines] == [short, broken, long]
+  assert "error" in lines[1] and "broken.wav" in lines[1]["error"]
+  for line, seconds in ((lines[0], utterances[0].shape[0] / 16000), (lines[2], long_audio.shape[0] / 16000)):
+    assert isinstance(line["text"], str) and line["text"] == " ".join(word["word"] for word in line["words"])
+    starts = [word["start"] for word in line["words"]]
+    assert starts == sorted(starts)
+    assert all(0 <= word["start"] < word["end"] <= seconds + 0.05 for word in line["words"])
+
+
+def test_transcribe_needs_an_asr_run(trained_workdir, tmp_path):
+  audio = str(tmp_path / "a.wav")
+  sf.write(audio, np.zeros(16000, np.float32), 16000)
+  result = run_cli("transcribe", "--workdir", trained_workdir, audio)
+  assert result.returncode == 2 and "`run.py transcribe` needs a run of asr" in result.stderr
+  assert "this run serves `run.py predict`" in result.stderr and "Traceback" not in result.stderr
