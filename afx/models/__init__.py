@@ -19,12 +19,13 @@ import flax.linen as nn
 import jax
 
 from afx.errors import ConfigError
-from afx.models import ast, audio_transformer, passt
+from afx.models import ast, audio_transformer, passt, rnn_seq2seq
 from afx.models.ast import AST
 from afx.models.audio_transformer import AudioTransformer
 from afx.models.passt import PaSST
 from afx.models.patch_representation import PatchAutoencoder, PatchSimCLR
 from afx.models.raw_transformer import RawTransformer
+from afx.models.rnn_seq2seq import RnnSeq2Seq
 from afx.models.speech_transformer import SpeechTransformer
 from afx.models.vgg_like import VGGLike
 from afx.models.wavenet import WaveNet
@@ -61,6 +62,7 @@ register_model("passt", PaSST, weight_import=_timm_import(passt))
 register_model("patch_autoencoder", PatchAutoencoder)
 register_model("patch_simclr", PatchSimCLR)
 register_model("raw_transformer", RawTransformer)
+register_model("rnn_seq2seq", RnnSeq2Seq, weight_import=rnn_seq2seq.params_from_espnet)
 register_model("speech_transformer", SpeechTransformer)
 register_model("vgg_like", VGGLike)
 register_model("wavenet", WaveNet)
@@ -112,5 +114,5 @@ def parameter_count(params) -> int:
 
 
 __all__ = ["AST", "HINTS", "MODELS", "AudioTransformer", "ModelEntry", "PaSST", "PatchAutoencoder", "PatchSimCLR",
-           "RawTransformer", "SpeechTransformer", "VGGLike", "WaveNet", "build_model", "model_entry", "parameter_count",
+           "RawTransformer", "RnnSeq2Seq", "SpeechTransformer", "VGGLike", "WaveNet", "build_model", "model_entry", "parameter_count",
            "register_model", "write_figures"]
