@@ -1,5 +1,5 @@
-"""Padded batches (q_lengths, kv_lengths), cross-attention shapes and attention weights, against a dense
-float64 NumPy masked softmax written here."""
+"""Padded batches (q_lengths, kv_lengths), additive logit biases, cross-attention shapes and attention weights,
+against a dense float64 NumPy masked softmax written here."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from afx.errors import ConfigError
-from afx.kernels.attention import dot_product_attention, masks
+from afx.kernels.attention import api, dot_product_attention, masks
 from afx.layers import MultiHeadAttention
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 4, 4, 2, 8
@@ -27,11 +27,14 @@ SHAPES = {
 }
 
 
-def numpy_attention(q, k, v, cotangent=None, *, causal=False, window=None, q_lengths=None, kv_lengths=None):
-  """Float64 masked softmax: `(out, logsumexp, weights, allowed)`, and `(dq, dk, dv)` of `sum(out · cotangent)`.
+def numpy_attention(q, k, v, cotangent=None, *, causal=False, window=None, q_lengths=None, kv_lengths=None,
+                    bias=None):
+  """Float64 masked softmax: `(out, logsumexp, weights, allowed)`, and `(dq, dk, dv)` of `sum(out · cotangent)`
+  (and the bias's gradient, summed to its shape, when a bias is given).
 
   Query i sits at position i + k_len - q_len; it sees key j <= its position (causal), within the
   window, j < kv_lengths[b], and nothing when i >= q_lengths[b].  A row that sees nothing gives 0.
+  The bias is added to the scaled logits before the masks.
   """
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   batch, q_len, heads, head_dim = q.shape
@@ -50,7 +53,10 @@ def numpy_attention(q, k, v, cotangent=None, *, causal=False, window=None, q_len
     if kv_lengths is not None:
       allowed[b, :, kv_lengths[b]:] = False
   allowed = np.broadcast_to(allowed[:, None], (batch, heads, q_len, k_len))
-  logits = np.where(allowed, np.einsum("bqhd,bkhd->bhqk", q, k_all) * scale, -np.inf)
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k_all) * scale
+  if bias is not None:
+    logits = logits + np.asarray(bias, np.float64)
+  logits = np.where(allowed, logits, -np.inf)
   row_max = logits.max(axis=-1, keepdims=True)
   row_max[~np.isfinite(row_max)] = 0.0
   exp = np.where(allowed, np.exp(logits - row_max), 0.0)
@@ -67,7 +73,11 @@ def numpy_attention(q, k, v, cotangent=None, *, causal=False, window=None, q_len
   d_q = np.einsum("bhqk,bkhd->bqhd", d_logits, k_all) * scale
   d_k = np.einsum("bhqk,bqhd->bkhd", d_logits, q) * scale
   fold = lambda x: x.reshape(*x.shape[:2], -1, groups, head_dim).sum(axis=3)  # query heads → their kv head
-  return d_q, fold(d_k), fold(d_v)
+  if bias is None:
+    return d_q, fold(d_k), fold(d_v)
+  shape = (1,) * (4 - np.ndim(bias)) + np.shape(bias)
+  d_bias = d_logits.sum(axis=tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True)
+  return d_q, fold(d_k), fold(d_v), d_bias.reshape(np.shape(bias))
 
 
 def normal(seed, *shape):
@@ -249,6 +259,99 @@ def test_blockwise_with_lengths_under_a_mesh_attends_over_each_batch_slice():
   want = numpy_attention(q, k, v, causal=True, window=9, q_lengths=q_lengths, kv_lengths=kv_lengths)[0]
   np.testing.assert_allclose(out, want, atol=2e-5)
   np.testing.assert_array_equal(out, fn(q, k, v, q_lengths, kv_lengths))
+
+
+def bias_of(kind, q_len, k_len, seed=20):
+  """A logit bias: one per (batch, head, query, key), shared over the batch, or one per (batch, key)."""
+  shape = {"full": (BATCH, Q_HEADS, q_len, k_len), "heads": (Q_HEADS, q_len, k_len), "keys": (BATCH, 1, 1, k_len)}
+  return 2.0 * normal(seed, *shape[kind])
+
+
+@pytest.mark.parametrize("bias_kind", ["full", "heads", "keys"])
+@pytest.mark.parametrize("implementation", ["reference", "xla"])
+@pytest.mark.parametrize("shape", ["self_causal", "cross", "more_queries_window"])
+def test_bias_with_lengths_matches_the_numpy_masked_softmax_and_padded_rows_are_exactly_zero(implementation, shape,
+                                                                                              bias_kind):
+  q_len, k_len, causal, window = SHAPES[shape]
+  q, k, v = inputs(q_len, k_len, seed=21)
+  q_lengths, kv_lengths = lengths_for(q_len, k_len)
+  bias = bias_of(bias_kind, q_len, k_len)
+  fn = lambda q, k, v, q_lengths, kv_lengths, bias: attend(implementation, causal, window, bias=bias)(
+      q, k, v, q_lengths, kv_lengths)
+  out = jax.jit(fn)(q, k, v, q_lengths, kv_lengths, bias)
+  want, _, _, allowed = numpy_attention(q, k, v, causal=causal, window=window, q_lengths=q_lengths,
+                                        kv_lengths=kv_lengths, bias=bias)
+  np.testing.assert_allclose(out, want, atol=2e-5)
+  assert not np.allclose(want, numpy_attention(q, k, v, causal=causal, window=window, q_lengths=q_lengths,
+                                               kv_lengths=kv_lengths)[0], atol=1e-2)  # the bias matters
+  sees_nothing = ~allowed.any(axis=-1).transpose(0, 2, 1)
+  assert np.all(np.asarray(out)[sees_nothing] == 0)
+  for b, length in enumerate(q_lengths):
+    assert np.all(np.asarray(out)[b, length:] == 0)
+
+
+@pytest.mark.parametrize("bias_kind", ["full", "heads"])
+@pytest.mark.parametrize("implementation", ["reference", "xla"])
+@pytest.mark.parametrize("shape", ["self_window", "cross_causal_end_aligned"])
+def test_bias_gradients_match_the_numpy_gradients_and_masked_logits_get_none(implementation, shape, bias_kind):
+  q_len, k_len, causal, window = SHAPES[shape]
+  q, k, v = inputs(q_len, k_len, seed=22)
+  q_lengths, kv_lengths = lengths_for(q_len, k_len)
+  bias = bias_of(bias_kind, q_len, k_len, seed=23)
+  cotangent = normal(24, *q.shape)
+  loss = lambda q, k, v, bias: jnp.sum(attend(implementation, causal, window, bias=bias)(
+      q, k, v, q_lengths, kv_lengths) * cotangent)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, bias)
+  want = numpy_attention(q, k, v, cotangent, causal=causal, window=window, q_lengths=q_lengths,
+                         kv_lengths=kv_lengths, bias=bias)
+  for got, expected in zip(grads, want):
+    assert got.shape == expected.shape and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, atol=5e-5)
+  if bias_kind == "full":  # a logit that is masked (padding, causal, window) gets exactly no gradient
+    allowed = numpy_attention(q, k, v, causal=causal, window=window, q_lengths=q_lengths, kv_lengths=kv_lengths)[3]
+    assert np.all(np.asarray(grads[3])[~allowed] == 0)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "xla"])
+def test_a_masked_key_stays_masked_whatever_its_bias(implementation):
+  q, k, v = inputs(19, 19, seed=25)
+  q_lengths, kv_lengths = lengths_for(19, 19)
+  fn = jax.jit(lambda bias: attend(implementation, True, None, bias=bias)(q, k, v, q_lengths, kv_lengths))
+  key_positions = jnp.arange(19)
+  masked = (key_positions[None, :] >= kv_lengths[:, None]) | (key_positions[None, :] > 9)  # padding; causal for row 9
+  huge = jnp.where(masked, 1e4, 0.0)[:, None, None, :]
+  np.testing.assert_array_equal(np.asarray(fn(huge))[:, 9], np.asarray(fn(jnp.zeros_like(huge)))[:, 9])
+
+
+@pytest.mark.parametrize("implementation", ["blockwise", "pallas_tpu", "pallas_gpu", "pallas_mosaic_gpu", "cudnn"])
+def test_a_bias_on_an_implementation_that_does_not_take_one_is_a_config_error_naming_those_that_do(implementation):
+  x = jnp.zeros((2, 128, 1, 64), jnp.bfloat16)
+  with pytest.raises(ConfigError, match=f"attention_impl='{implementation}' does not take a bias; use 'reference' or "
+                                        "'xla'"):
+    dot_product_attention(x, x, x, implementation=implementation, interpret=True, bias=jnp.zeros((128, 128)))
+
+
+def test_with_a_bias_and_no_implementation_dispatch_picks_xla_even_where_the_default_is_blocked():
+  q, k, v = (normal(seed, 1, n, 2, 8) for seed, n in ((26, 8), (27, 4096), (28, 4096)))
+  bias = normal(29, 1, 2, 8, 4096)
+  assert api.default_implementation(8, 4096) == "blockwise"
+  kv_lengths = jnp.array([3000], jnp.int32)
+  out = jax.jit(lambda q, k, v, bias: dot_product_attention(q, k, v, bias=bias, kv_lengths=kv_lengths))(
+      q, k, v, bias)
+  np.testing.assert_allclose(out, numpy_attention(q, k, v, kv_lengths=kv_lengths, bias=bias)[0], atol=2e-5)
+  _, weights = dot_product_attention(q, k, v, bias=bias, kv_lengths=kv_lengths, implementation="xla",
+                                     return_weights=True)
+  np.testing.assert_allclose(weights, numpy_attention(q, k, v, kv_lengths=kv_lengths, bias=bias)[2], atol=1e-5)
+
+
+def test_a_bias_must_be_floats_that_broadcast_to_batch_heads_queries_keys():
+  x = jnp.zeros((2, 8, 4, 8))
+  with pytest.raises(ValueError, match=r"bias \[3, 8, 8\] does not broadcast to \[batch, heads, q_len, k_len\] = "
+                                       r"\[2, 4, 8, 8\]"):
+    dot_product_attention(x, x, x, bias=jnp.zeros((3, 8, 8)))
+  with pytest.raises(ValueError, match="bias must be a float array"):
+    dot_product_attention(x, x, x, bias=jnp.zeros((8, 8), jnp.int32))
+  assert dot_product_attention(x, x[:, :5], x[:, :5], bias=jnp.zeros((2, 1, 1, 5))).shape == x.shape
 
 
 def layer_and_inputs(**kwargs):

@@ -195,7 +195,7 @@ def test_init_from_that_does_not_fit_is_a_config_error_naming_the_tensor(ast_con
   weights = str(tmp_path / "wide.npz")
   np.savez(weights, **random_timm_state(dim=24, mlp_dim=48))
   wide = r"wide\.npz does not fit model 'ast': patch_embed/kernel is \[16, 16, 1, 24\] in the file and \[16, 16, 1, 16\]"
-  other_model = "into ast or passt models, not model 'audio_transformer'"
+  other_model = "into the models ast, conformer, passt, rnn_seq2seq, not model 'audio_transformer'"
   for path, message in [(ast_config_path, wide), (f"{tiny_config_path}:small,tiny", other_model)]:
     run = make_run(load_config(path), DatasetInfo(16000, tuple("abcde")))
     with pytest.raises(ConfigError, match=message):  # raised before anything is placed on the devices

@@ -1,5 +1,6 @@
 """Speech front end: Kaldi filterbanks of padded utterances, deltas, mean/variance normalisation,
-SpecAugment and the ×4 convolutional subsampling in front of ASR encoders.
+SpecAugment (`SpeechFrontEnd`, the base of every ASR model) and the ×4 convolutional subsampling in
+front of ASR encoders.
 
 Every function takes a padded batch with its lengths and returns its output with the new lengths;
 positions past a length hold zeros, so padding never leaks into statistics or into the encoder.
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from afx.audio import kaldi
+from afx.errors import ConfigError
 
 NORMALIZATIONS = ("utterance", "none")
 
@@ -121,3 +123,41 @@ class Conv2dSubsampling(nn.Module):
     lengths = subsampled_lengths(lengths)
     y = nn.Dense(self.features, dtype=self.dtype, name="project")(y)
     return jnp.where(valid_mask(lengths, y.shape[1])[..., None], y, 0.0), lengths
+
+
+class SpeechFrontEnd(nn.Module):
+  """The front end every ASR model shares, as fields of the model (`class Model(SpeechFrontEnd, kw_only=True)`):
+
+    sample_rate, num_mel_bins, use_deltas: 25 ms / 10 ms Kaldi filterbanks (Δ and ΔΔ triple the bins).
+    normalization: "utterance" (mean and variance per utterance, ESPnet's `utterance_mvn`) or "none".
+    spec_augment: in training, zero `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of
+      ≤ `time_width` frames (or `time_width_ratio` of each utterance), drawing from the `augment` RNG stream.
+  """
+  sample_rate: int = 16000
+  num_mel_bins: int = 80
+  use_deltas: bool = False
+  normalization: str = "utterance"
+  spec_augment: bool = True
+  freq_masks: int = 2
+  freq_width: int = 27
+  time_masks: int = 2
+  time_width: int = 40
+  time_width_ratio: float | None = None
+
+  FRAME_SECONDS = 0.010  # the filterbank's shift
+
+  def features(self, audio, audio_lengths, *, train: bool):
+    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
+    if self.normalization not in NORMALIZATIONS:
+      raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
+                        f"{', '.join(NORMALIZATIONS)}")
+    x, lengths = filterbank(audio, audio_lengths, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins)
+    if self.use_deltas:
+      x = with_deltas(x, lengths)
+    if self.normalization == "utterance":
+      x = utterance_normalize(x, lengths)
+    if train and self.spec_augment:
+      x = spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks, freq_width=self.freq_width,
+                       time_masks=self.time_masks, time_width=self.time_width, time_width_ratio=self.time_width_ratio)
+    return x, lengths
+

@@ -19,9 +19,10 @@ import flax.linen as nn
 import jax
 
 from afx.errors import ConfigError
-from afx.models import ast, audio_transformer, passt, rnn_seq2seq
+from afx.models import ast, audio_transformer, conformer, passt, rnn_seq2seq
 from afx.models.ast import AST
 from afx.models.audio_transformer import AudioTransformer
+from afx.models.conformer import Conformer
 from afx.models.passt import PaSST
 from afx.models.patch_representation import PatchAutoencoder, PatchSimCLR
 from afx.models.raw_transformer import RawTransformer
@@ -58,6 +59,7 @@ def _timm_import(module):
 
 register_model("ast", AST, weight_import=_timm_import(ast))
 register_model("audio_transformer", AudioTransformer, figures=audio_transformer.write_figures)
+register_model("conformer", Conformer, weight_import=conformer.params_from_espnet)
 register_model("passt", PaSST, weight_import=_timm_import(passt))
 register_model("patch_autoencoder", PatchAutoencoder)
 register_model("patch_simclr", PatchSimCLR)
@@ -113,6 +115,6 @@ def parameter_count(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["AST", "HINTS", "MODELS", "AudioTransformer", "ModelEntry", "PaSST", "PatchAutoencoder", "PatchSimCLR",
+__all__ = ["AST", "HINTS", "MODELS", "AudioTransformer", "Conformer", "ModelEntry", "PaSST", "PatchAutoencoder", "PatchSimCLR",
            "RawTransformer", "RnnSeq2Seq", "SpeechTransformer", "VGGLike", "WaveNet", "build_model", "model_entry", "parameter_count",
            "register_model", "write_figures"]

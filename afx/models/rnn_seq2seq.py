@@ -210,13 +210,10 @@ class AttentionDecoder(nn.Module):
     return logits.astype(jnp.float32), weights
 
 
-class RnnSeq2Seq(nn.Module):
-  """Attributes (ESPnet's names in brackets; defaults from ESPnet's common small RNN recipe config):
+class RnnSeq2Seq(speech.SpeechFrontEnd, kw_only=True):
+  """Attributes (ESPnet's names in brackets; defaults from ESPnet's common small RNN recipe config; the front
+  end's: see `afx.layers.speech.SpeechFrontEnd`):
     vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
-    sample_rate, num_mel_bins, use_deltas: the filterbank front end (Δ and ΔΔ triple the input bins).
-    normalization: "utterance" (mean/variance per utterance) or "none".
-    spec_augment: mask `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of ≤ `time_width`
-      frames while training (draws from the `augment` RNG stream).
     encoder_layers [elayers], encoder_units [eunits, per direction], projection_units [eprojs], subsample
       [subsample, "1_2_2_1_1": ×4], dropout_rate [dropout-rate]: the BLSTMP encoder.
     att_dim [adim], aconv_chans, aconv_filts, attention_scaling: the location-aware attention.
@@ -224,15 +221,6 @@ class RnnSeq2Seq(nn.Module):
       decoder_dropout_rate [dropout-rate-decoder]: the LSTM decoder.
   """
   vocab_size: int
-  sample_rate: int = 16000
-  num_mel_bins: int = 80
-  use_deltas: bool = False
-  normalization: str = "utterance"
-  spec_augment: bool = True
-  freq_masks: int = 2
-  freq_width: int = 27
-  time_masks: int = 2
-  time_width: int = 40
   encoder_layers: int = 4
   encoder_units: int = 320
   projection_units: int = 320
@@ -249,9 +237,6 @@ class RnnSeq2Seq(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    if self.normalization not in speech.NORMALIZATIONS:
-      raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
-                        f"{', '.join(speech.NORMALIZATIONS)}")
     if self.encoder_layers < 1:
       raise ConfigError(f"model.encoder_layers must be >= 1, got {self.encoder_layers}")
     self.encoder = BLSTMP(self.encoder_layers, self.encoder_units, self.projection_units,
@@ -265,18 +250,10 @@ class RnnSeq2Seq(nn.Module):
   def subsampling_factor(self) -> int:
     return int(np.prod(subsample_factors(self.subsample, self.encoder_layers)))
 
-  def features(self, audio, audio_lengths, *, train: bool):
-    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
-    x, lengths = speech.filterbank(audio, audio_lengths, sample_rate=self.sample_rate,
-                                   num_mel_bins=self.num_mel_bins)
-    if self.use_deltas:
-      x = speech.with_deltas(x, lengths)
-    if self.normalization == "utterance":
-      x = speech.utterance_normalize(x, lengths)
-    if train and self.spec_augment:
-      x = speech.spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks,
-                              freq_width=self.freq_width, time_masks=self.time_masks, time_width=self.time_width)
-    return x, lengths
+  @property
+  def frame_seconds(self) -> float:
+    """Seconds per encoder frame: the filterbank shift × the encoder's subsampling."""
+    return self.subsampling_factor() * self.FRAME_SECONDS
 
   def encode(self, audio, audio_lengths, *, train: bool = False):
     """Encoder states `[batch, frames/4, projection_units]` (with the default subsampling) and their lengths."""

@@ -17,32 +17,19 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from afx.errors import ConfigError
 from afx.layers import speech
 from afx.layers.positional import sinusoidal_encoding
 from afx.layers.transformer import DecoderBlock, TransformerBlock
 
 
-class SpeechTransformer(nn.Module):
-  """Attributes:
+class SpeechTransformer(speech.SpeechFrontEnd, kw_only=True):
+  """Attributes (the front end's: see `afx.layers.speech.SpeechFrontEnd`; Δ and ΔΔ on by default, as the paper):
     vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
-    sample_rate, num_mel_bins, use_deltas: the filterbank front end (Δ and ΔΔ triple the input bins).
-    normalization: "utterance" (mean/variance per utterance) or "none".
-    spec_augment: mask `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of ≤ `time_width`
-      frames while training (draws from the `augment` RNG stream).
     conv_channels, conv_batch_norm: the ×4 subsampling convolutions.
     d_model, num_heads, mlp_dim, encoder_layers, decoder_layers, dropout_rate: the Transformer's sizes.
   """
   vocab_size: int
-  sample_rate: int = 16000
-  num_mel_bins: int = 80
   use_deltas: bool = True
-  normalization: str = "utterance"
-  spec_augment: bool = True
-  freq_masks: int = 2
-  freq_width: int = 27
-  time_masks: int = 2
-  time_width: int = 40
   conv_channels: int = 64
   conv_batch_norm: bool = True
   d_model: int = 256
@@ -55,9 +42,6 @@ class SpeechTransformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    if self.normalization not in speech.NORMALIZATIONS:
-      raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
-                        f"{', '.join(speech.NORMALIZATIONS)}")
     self.subsampling = speech.Conv2dSubsampling(self.d_model, self.conv_channels, self.conv_batch_norm,
                                                 dtype=self.dtype)
     self.encoder_blocks = [TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
@@ -76,21 +60,8 @@ class SpeechTransformer(nn.Module):
 
   @property
   def frame_seconds(self) -> float:
-    """Seconds per encoder frame: the 10 ms filterbank shift × 4 (the subsampling)."""
-    return 0.040
-
-  def features(self, audio, audio_lengths, *, train: bool):
-    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
-    x, lengths = speech.filterbank(audio, audio_lengths, sample_rate=self.sample_rate,
-                                   num_mel_bins=self.num_mel_bins)
-    if self.use_deltas:
-      x = speech.with_deltas(x, lengths)
-    if self.normalization == "utterance":
-      x = speech.utterance_normalize(x, lengths)
-    if train and self.spec_augment:
-      x = speech.spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks,
-                              freq_width=self.freq_width, time_masks=self.time_masks, time_width=self.time_width)
-    return x, lengths
+    """Seconds per encoder frame: the filterbank shift × 4 (the subsampling)."""
+    return 4 * self.FRAME_SECONDS
 
   def _positions(self, x, train: bool):
     x = x * math.sqrt(self.d_model) + sinusoidal_encoding(jnp.arange(x.shape[1]), self.d_model).astype(x.dtype)

@@ -56,15 +56,16 @@ def init_from_weights(run, state, path: str):
   name = run.config.model.name
   weight_import = models.model_entry(name).weight_import
   if weight_import is None:
-    able = " or ".join(sorted(n for n, entry in models.MODELS.items() if entry.weight_import))
-    raise ConfigError(f"init_from imports published weights into {able} models, not model {name!r}; "
+    able = ", ".join(sorted(n for n, entry in models.MODELS.items() if entry.weight_import))
+    raise ConfigError(f"init_from imports published weights into the models {able}, not model {name!r}; "
                       "leave init_from unset")
   path = os.path.expanduser(path)
   state_dict = read_state_dict(path)
   try:
     params = merge_params(state.params, weight_import(state_dict, run.model))
   except KeyError as error:
-    raise ConfigError(f"init_from: {path} has no tensor {error.args[0]!r}; is it a timm ViT/DeiT state dict?") from None
+    raise ConfigError(f"init_from: {path} has no tensor {error.args[0]!r}; is it a weight file of a {name!r} model "
+                      "(a timm ViT/DeiT for ast and passt, an ESPnet checkpoint for conformer and rnn_seq2seq)?") from None
   except ValueError as error:
     raise ConfigError(f"init_from: {path} does not fit model {name!r}: {error}") from None
   return with_params(run, state, params)

@@ -10,7 +10,8 @@ a batch that does not divide over the data devices runs whole on each device.
 
 Padded batches (`q_lengths`, `kv_lengths`, int32 `[batch]`) run on the dense implementations and
 `blockwise`; the Pallas kernels do not take them yet.  `return_weights` (the probabilities) needs a
-dense implementation.
+dense implementation.  An additive `bias` on the logits (relative-position scores) runs on `reference`
+and `xla`, which dispatch picks when a bias comes without an implementation.
 """
 
 import functools
@@ -27,6 +28,7 @@ DENSE = ("reference", "xla", "cudnn")
 BLOCKED = ("blockwise", "pallas_tpu", "pallas_gpu", "pallas_mosaic_gpu")
 IMPLEMENTATIONS = DENSE + BLOCKED
 TAKE_LENGTHS = DENSE + ("blockwise",)
+TAKE_BIAS = ("reference", "xla")
 RETURN_WEIGHTS = ("reference", "xla")
 HEADS_AXIS = "model"
 # On CPU, up to this many keys form one block; longer sequences use 512-key blocks.
@@ -143,6 +145,25 @@ def _check_lengths(batch: int, **lengths) -> dict:
   return checked
 
 
+def _check_bias(bias, q, k):
+  """`bias` as an array broadcastable to `[batch, heads, q_len, k_len]`, or None."""
+  if bias is None:
+    return None
+  bias = jnp.asarray(bias)
+  full = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  if not jnp.issubdtype(bias.dtype, jnp.floating) or bias.ndim > 4:
+    raise ValueError(f"attention: bias must be a float array broadcastable to [batch, heads, q_len, k_len] = "
+                     f"{list(full)}, got {bias.dtype}{list(bias.shape)}")
+  try:
+    fits = jnp.broadcast_shapes(bias.shape, full) == full
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"attention: bias {list(bias.shape)} does not broadcast to [batch, heads, q_len, k_len] = "
+                     f"{list(full)}")
+  return bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+
+
 def default_implementation(q_len: int, k_len: int, *, causal: bool = False, window: int | None = None,
                            dtype=jnp.float32) -> str:
   """The best available implementation for this backend, shape and dtype."""
@@ -162,8 +183,11 @@ def default_implementation(q_len: int, k_len: int, *, causal: bool = False, wind
   return "blockwise"
 
 
-def _dense_jax_nn(q, k, v, lengths: dict, *, causal: bool, window: int | None, scale: float, implementation: str):
-  """`jax.nn.dot_product_attention`, with our end-aligned causal mask and rows that see no key zeroed."""
+def _dense_jax_nn(q, k, v, lengths: dict, *, causal: bool, window: int | None, scale: float, implementation: str,
+                  bias=None):
+  """`jax.nn.dot_product_attention`, with our end-aligned causal mask and rows that see no key zeroed.
+
+  jax.nn adds the bias to the scaled logits and then replaces the masked ones, as `reference` does."""
   q_len, k_len = q.shape[1], k.shape[1]
   masked = causal or window is not None
   if masked and q_len != k_len:  # jax.nn aligns causal masks to the start; ours end together
@@ -171,7 +195,7 @@ def _dense_jax_nn(q, k, v, lengths: dict, *, causal: bool, window: int | None, s
     masking = {"mask": allowed[None, None]}
   else:
     masking = {"is_causal": masked, "local_window_size": None if window is None else (window - 1, 0)}
-  out = jax.nn.dot_product_attention(q, k, v, scale=scale, query_seq_lengths=lengths.get("q_lengths"),
+  out = jax.nn.dot_product_attention(q, k, v, bias, scale=scale, query_seq_lengths=lengths.get("q_lengths"),
                                      key_value_seq_lengths=lengths.get("kv_lengths"), implementation=implementation,
                                      **masking)
   if not lengths and not (masked and q_len > k_len):  # every row sees a key
@@ -182,9 +206,11 @@ def _dense_jax_nn(q, k, v, lengths: dict, *, causal: bool, window: int | None, s
 
 
 def _choose(implementation: str | None, q, k, *, causal: bool, window: int | None, lengths: dict,
-            return_weights: bool) -> str:
+            return_weights: bool, bias=None) -> str:
   if implementation is not None:
     return implementation
+  if bias is not None:
+    return "xla"
   implementation = default_implementation(q.shape[1], k.shape[1], causal=causal, window=window, dtype=q.dtype)
   if return_weights and implementation not in RETURN_WEIGHTS:
     return "xla"
@@ -193,7 +219,11 @@ def _choose(implementation: str | None, q, k, *, causal: bool, window: int | Non
   return implementation
 
 
-def _check_request(implementation: str, *, lengths: dict, return_weights: bool, return_logsumexp: bool):
+def _check_request(implementation: str, *, lengths: dict, return_weights: bool, return_logsumexp: bool,
+                   bias=None):
+  if bias is not None and implementation not in TAKE_BIAS:
+    raise ConfigError(f"attention_impl={implementation!r} does not take a bias; use "
+                      f"{' or '.join(repr(name) for name in TAKE_BIAS)}")
   if lengths and implementation not in TAKE_LENGTHS:
     raise ConfigError(f"attention_impl={implementation!r} does not take q_lengths/kv_lengths yet; use one of "
                       f"{', '.join(repr(name) for name in TAKE_LENGTHS)}")
@@ -209,7 +239,7 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
                           scale: float | None = None, implementation: str | None = None,
                           block_q: int | None = None, block_k: int | None = None,
                           interpret: bool = False, return_logsumexp: bool = False,
-                          q_lengths=None, kv_lengths=None, return_weights: bool = False):
+                          q_lengths=None, kv_lengths=None, bias=None, return_weights: bool = False):
   """Softmax attention of `q` over `k`/`v`, all `[batch, seq, heads, head_dim]`.
 
   Args:
@@ -228,6 +258,10 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
       no gradient.  Implementations in `TAKE_LENGTHS` only.
     kv_lengths: int32 `[batch]`; batch row b sees only keys `j < kv_lengths[b]` (with the causal and
       window masks, whose query positions stay aligned to the static key length).
+    bias: a float array broadcastable to `[batch, heads, q_len, k_len]` added to the scaled logits
+      `scale · q·k` before the masks and the softmax (e.g. relative-position scores): masked logits stay
+      masked and padding query rows 0.  Implementations in `TAKE_BIAS` only; with `implementation` None,
+      a bias picks `xla`.
     return_weights: also return the float32 attention probabilities `[batch, heads, q_len, k_len]`
       (rows of padding queries are 0), last; `reference` and `xla` only (xla then computes the
       output with the reference formula too, so the two agree).
@@ -236,12 +270,14 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
   if window is not None and window < 1:
     raise ConfigError(f"attention window must be >= 1, got {window}")
   lengths = _check_lengths(q.shape[0], q_lengths=q_lengths, kv_lengths=kv_lengths)
+  bias = _check_bias(bias, q, k)
   scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
   implementation = _choose(implementation, q, k, causal=causal, window=window, lengths=lengths,
-                           return_weights=return_weights)
+                           return_weights=return_weights, bias=bias)
   if implementation not in IMPLEMENTATIONS:
     raise ConfigError(f"unknown attention_impl {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-  _check_request(implementation, lengths=lengths, return_weights=return_weights, return_logsumexp=return_logsumexp)
+  _check_request(implementation, lengths=lengths, return_weights=return_weights, return_logsumexp=return_logsumexp,
+                 bias=bias)
   needs = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_mosaic_gpu": "gpu", "pallas_tpu": "tpu"}.get(implementation)
   if needs and jax.default_backend() != needs and not (interpret and implementation != "cudnn"):
     raise ConfigError(f"attention_impl={implementation!r} needs a {needs.upper()} (this backend is "
@@ -249,10 +285,11 @@ def dot_product_attention(q, k, v, *, causal: bool = False, window: int | None =
 
   weights = None
   if implementation == "reference" or return_weights:
-    out, logsumexp, weights = reference.attention(q, k, v, causal=causal, window=window, scale=scale,
+    out, logsumexp, weights = reference.attention(q, k, v, causal=causal, window=window, scale=scale, bias=bias,
                                                   return_logsumexp=True, return_weights=True, **lengths)
   elif implementation in ("xla", "cudnn"):
-    out = _dense_jax_nn(q, k, v, lengths, causal=causal, window=window, scale=scale, implementation=implementation)
+    out = _dense_jax_nn(q, k, v, lengths, causal=causal, window=window, scale=scale, implementation=implementation,
+                        bias=bias)
   else:
     blocked = functools.partial(blocked_attention, implementation=implementation, causal=causal, window=window,
                                 scale=scale, block_q=block_q, block_k=block_k, interpret=interpret)

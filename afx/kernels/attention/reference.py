@@ -2,7 +2,8 @@
 
 Padding: with `q_lengths` `[batch]`, query rows `i >= q_lengths[b]` of batch row b are padding and see
 no key; with `kv_lengths` `[batch]`, only keys `j < kv_lengths[b]` are visible.  Lengths are traced
-int32 arrays and combine with the causal and window masks.
+int32 arrays and combine with the causal and window masks.  A `bias` is added to the scaled logits
+before any of these masks, so a masked logit stays masked whatever its bias.
 """
 
 import jax
@@ -55,11 +56,12 @@ def rows_that_see_a_key(q_len: int, k_len: int, *, causal: bool, window: int | N
   return sees
 
 
-def attention(q, k, v, *, causal=False, window=None, scale=None, q_lengths=None, kv_lengths=None,
+def attention(q, k, v, *, causal=False, window=None, scale=None, q_lengths=None, kv_lengths=None, bias=None,
               return_logsumexp=False, return_weights=False):
   """Dense softmax attention over `[batch, seq, heads, head_dim]` inputs.
 
-  Key/value heads may divide the query heads (grouped-query attention).  Rows whose every key is
+  `bias` (optional, broadcastable to `[batch, heads, q_len, k_len]`) is added, in float32, to the logits
+  `scale · q·k`.  Key/value heads may divide the query heads (grouped-query attention).  Rows whose every key is
   masked (padding queries among them) return zeros (and a logsumexp of -inf) rather than NaN.
   Returns the output, then the logsumexp `[batch, heads, q_len]` and the float32 probabilities
   `[batch, heads, q_len, k_len]` when asked for.
@@ -72,6 +74,8 @@ def attention(q, k, v, *, causal=False, window=None, scale=None, q_lengths=None,
   k = jnp.repeat(k, groups, axis=2)
   v = jnp.repeat(v, groups, axis=2)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=jax.lax.Precision.HIGHEST) * scale
+  if bias is not None:
+    logits = logits + jnp.asarray(bias, jnp.float32)
   allowed = allowed_mask(q.shape[1], k.shape[1], causal=causal, window=window, q_lengths=q_lengths,
                          kv_lengths=kv_lengths)
   if allowed is not None:
