@@ -36,6 +36,10 @@ def get_config(variant=None):
   config.fsdp = 1
   config.ctc_weight = 0.3
   config.label_smoothing = 0.1
+  config.evals = ml_collections.ConfigDict(dict(
+      val=dict(kind="metrics", split="validation", every=12),
+      beam=dict(kind="beam_search", split="validation", every=0, final=True)))
+  config.decoding = ml_collections.ConfigDict(dict(beam=3, ctc_weight=0.3, length_penalty=0.0))
   config.tokenizer = ml_collections.ConfigDict(dict(kind="characters", case="lower"))
   config.data = ml_collections.ConfigDict(dict(
       name="synth_speech", data_dir={data_dir!r}, manual_dir=None, folder=None, train_split="train",
@@ -80,6 +84,7 @@ def test_asr_run_trains_on_bucketed_utterances_and_logs_both_losses(asr_run):
   assert records[-1]["loss"] < 0.8 * records[0]["loss"]
   assert [r["step"] for r in records if "val_ctc_greedy_wer" in r] == [12]
   assert results["utterances"] == SPLITS["test"] and 0.0 <= results["ctc_greedy_cer"] <= 1.5
+  assert 0.0 <= results["wer"] and 0.0 <= results["cer"]  # the final beam_search evaluation's
   assert 0.0 < results["attention_accuracy"] < 1.0
   tokenizer = load_tokenizer(workdir)  # built from the training split's transcripts
   assert tokenizer.tokens[0] == "<blank>" and tokenizer.tokens[-1] == "<sos/eos>"

@@ -14,6 +14,7 @@ from afx.decoding import ctc
 from afx.layers import speech
 from afx.models import build_model
 from afx.tasks.asr import smoothed_cross_entropy
+from afx.train.optim import noam_schedule
 
 
 def test_deltas_match_librosa_on_each_utterance_and_padding_stays_zero():
@@ -130,3 +131,11 @@ def test_speech_transformer_outputs_do_not_depend_on_padding():
   np.testing.assert_allclose(np.asarray(alone["ctc_logits"][0]), np.asarray(out["ctc_logits"][1, :6]), atol=2e-4)
   np.testing.assert_allclose(np.asarray(alone["decoder_logits"][0]), np.asarray(out["decoder_logits"][1, :4]),
                              atol=2e-4)
+
+
+def test_noam_schedule_peaks_at_the_warmup_and_decays_as_one_over_sqrt_step():
+  schedule = noam_schedule(2e-3, 1000)
+  assert float(schedule(1000)) == pytest.approx(2e-3)
+  assert float(schedule(500)) == pytest.approx(1e-3)  # linear rise
+  assert float(schedule(4000)) == pytest.approx(1e-3)  # 1/√step decay
+  assert float(schedule(0)) == pytest.approx(2e-3 / 1000)

@@ -165,3 +165,21 @@ def test_paper_scale_config_trains_on_the_fsd50k_layout_with_variable_length_cli
   assert "val_mAP" in read_metrics(workdir)[0]
   with open(os.path.join(workdir, "dataset.json")) as f:
     assert json.load(f)["class_names"] == ["Bark", "Guitar", "Siren"]
+
+
+def test_average_checkpoints_evaluates_and_serves_the_mean_of_the_last_ones(tiny_config_path, tmp_path):
+  from afx.errors import ConfigError
+  from afx.train.checkpoint import Checkpoints
+  config = apply_overrides(load_config(f"{tiny_config_path}:small,tiny"),
+                           ["average_checkpoints=2", "total_steps=10", "eval_every=0"])
+  workdir = str(tmp_path / "averaged")
+  results = train(config, workdir)
+  assert results["averaged_steps"] == [5, 10]
+  run, served = load_run(workdir)
+  saved = Checkpoints(os.path.join(workdir, "checkpoints"))
+  five, ten = (jax.device_get(saved.restore(step, run.abstract_state).params) for step in (5, 10))
+  saved.close()
+  jax.tree_util.tree_map(lambda a, b, mean: np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6, atol=1e-7),
+                         five, ten, jax.device_get(served.params))
+  with pytest.raises(ConfigError, match="average_checkpoints=3 needs as many kept checkpoints"):
+    train(apply_overrides(config, ["average_checkpoints=3"]), str(tmp_path / "bad"))

@@ -4,7 +4,6 @@ frame of each emitted token (for word timestamps).
 Conventions (ESPnet's, and `afx.text`'s): id 0 is the blank and the padding of label arrays.
 """
 
-import jax
 import jax.numpy as jnp
 import optax
 

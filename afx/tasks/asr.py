@@ -18,6 +18,10 @@ token accuracy and the count of utterances too long for CTC are logged beside th
 Evaluation: greedy CTC transcripts (on the device) scored against the references on the host:
 `ctc_greedy_wer`, `ctc_greedy_cer`, the decoder's teacher-forced `attention_accuracy`, and `utterances`.
 
+Beam search (`beam_rows`, the `beam_search` evaluator of `afx.train`): batched joint CTC/attention beam
+search on the device (`afx.decoding.beam_search`) with the config's `decoding` group (`beam`, `ctc_weight`,
+`length_penalty`), scored as `wer`, `cer` and `utterances` (`beam_metrics`).
+
 Serving (`run.py transcribe`): `transcription_rows` decodes a batch of audio chunks on the device (the
 model's `encode` and `ctc_logits`, greedy CTC with each token's first and last frame) and `transcript`
 turns a file's rows into its text and words with start and end times from the CTC alignment (the
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from afx.decoding import ctc
+from afx.decoding import beam_search, ctc
 from afx.errors import ConfigError
 from afx.layers.speech import valid_mask
 from afx.tasks.base import register_task
@@ -216,4 +220,28 @@ class SpeechRecognitionTask:
       words += self.words(row["tokens"][:count], row["first"][:count], row["last"][:count],
                           frame_seconds=frame_seconds, offset=offset)
     return {"text": " ".join(word["word"] for word in words), "words": words}
+
+  def beam_rows(self, model, variables, batch, *, beam: int, ctc_weight: float, length_penalty: float = 0.0) -> dict:
+    """The best hypothesis of joint CTC/attention beam search for every utterance of `batch`, jitted:
+    `{"hypothesis" [b, max_tokens], "hypothesis_lengths", "tokens", "token_lengths", "index"}`."""
+    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    ctc_logits = model.apply(variables, encoded, method="ctc_logits")
+
+    def decode(tokens, token_lengths, memory, memory_lengths):
+      return model.apply(variables, tokens, token_lengths, memory, memory_lengths, method="decode")
+
+    tokens, token_lengths, _ = beam_search.beam_search(
+        decode if ctc_weight < 1.0 else None, encoded, lengths, ctc_logits, beam=beam, max_length=self.max_tokens,
+        sos_eos=self.tokenizer.sos_eos_id, ctc_weight=ctc_weight, length_penalty=length_penalty,
+        blank=self.tokenizer.blank_id)
+    return {"hypothesis": tokens[:, 0], "hypothesis_lengths": token_lengths[:, 0], "tokens": batch["tokens"],
+            "token_lengths": batch["token_lengths"], "index": batch["index"]}
+
+  def beam_metrics(self, rows: dict[str, np.ndarray]) -> dict:
+    """`wer`, `cer` and `utterances` of `beam_rows` over a split."""
+    keep = np.asarray(rows["index"]) >= 0
+    references = self.texts(rows["tokens"][keep], rows["token_lengths"][keep])
+    hypotheses = self.texts(rows["hypothesis"][keep], rows["hypothesis_lengths"][keep])
+    return {"wer": word_error_rate(references, hypotheses), "cer": character_error_rate(references, hypotheses),
+            "utterances": int(keep.sum())}
 

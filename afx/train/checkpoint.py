@@ -36,6 +36,10 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def steps(self) -> list[int]:
+    """The saved steps, oldest first."""
+    return sorted(self.manager.all_steps())
+
   def save(self, step: int, state, data_iterator=None) -> None:
     """Save `state` (and the data iterator's position, unless None: e.g. converted weights)."""
     items = {"state": ocp.args.StandardSave(state)}

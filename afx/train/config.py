@@ -21,7 +21,10 @@ REQUIRED_KEYS = ("batch_size", "total_steps", "log_every", "checkpoint_every", "
                  "attention_impl")
 # Keys an unstaged training config gets with these values when its file leaves them out, so that
 # `--config.KEY=VALUE` works on every config.
-DEFAULT_KEYS = {"init_from": None}  # a timm ViT/DeiT weight file an `ast` or `passt` run starts from
+DEFAULT_KEYS = {
+    "init_from": None,  # a published weight file the run starts from (see afx.train.weights)
+    "average_checkpoints": 0,  # > 1: evaluate and serve the mean of the last N checkpoints' parameters
+}
 
 
 def load_module(path: str):

@@ -1,16 +1,32 @@
 """Optimiser and learning-rate schedule from the `optimizer` config group."""
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from afx.errors import ConfigError
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "noam")
+
+
+def noam_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
+  """Vaswani et al.'s schedule as ESPnet's `WarmupLR`: `peak · √warmup · min(step^−½, step · warmup^−1.5)`,
+  rising linearly to `peak` at `warmup_steps` and decaying as 1/√step after."""
+  if warmup_steps <= 0:
+    raise ConfigError("optimizer.schedule 'noam' needs optimizer.warmup_steps > 0 (ESPnet's recipes use 25000)")
+
+  def schedule(step):
+    step = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
+    return peak * warmup_steps**0.5 * jnp.minimum(step**-0.5, step * warmup_steps**-1.5)
+  return schedule
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 over `warmup_steps`, then constant, cosine or linear decay to `end_factor`·lr."""
+  """Linear warm-up from 0 over `warmup_steps`, then constant, cosine or linear decay to `end_factor`·lr;
+  or "noam", whose warm-up and 1/√step decay are one formula (`noam_schedule`)."""
   peak, warmup = opt.learning_rate, opt.warmup_steps
+  if opt.schedule == "noam":
+    return noam_schedule(peak, warmup)
   end = peak * opt.get("end_factor", 0.0)
   decay_steps = max(total_steps - warmup, 1)
   if opt.schedule == "constant":

@@ -4,13 +4,17 @@
 jitted steps that donate their state, logs, evaluates, checkpoints (state + data iterator) and
 resumes from `workdir` when rerun.  `evaluate` and `predict` reload a finished run.
 
+`average_checkpoints = N` (> 1) evaluates the mean parameters of the last N checkpoints (ESPnet's model
+averaging), saved in `workdir/averaged/`, which `load_run` then serves.
+
 Evaluations during training are config entries, each at its own cadence:
 
   config.evals.NAME = {"kind": KIND, "split": SPLIT, "every": STEPS, "final": False}
 
 logs KIND's metrics on SPLIT every STEPS steps as `NAME_METRIC`; with `final` it also runs on the test
 split at the end and its metrics join `eval.json`.  Kinds are registered with `register_evaluator`:
-`metrics` is the task's own metrics.  A config without `evals` gets one: `val`, the task's metrics on
+`metrics` is the task's own metrics, `beam_search` a speech task's beam-search transcripts scored as
+`wer` and `cer` (options in `config.decoding`: `beam`, `ctc_weight`, `length_penalty`).  A config without `evals` gets one: `val`, the task's metrics on
 `data.eval_split` every `eval_every` steps.
 """
 
@@ -199,7 +203,8 @@ def load_run(workdir: str) -> tuple[Run, TrainState]:
   with open(dataset_path) as f:
     info = DatasetInfo.from_json(json.load(f))
   run = make_run(config, info, workdir=workdir)
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  averaged = os.path.join(workdir, AVERAGED)
+  checkpoints = Checkpoints(averaged if os.path.isdir(averaged) else os.path.join(workdir, "checkpoints"))
   step = checkpoints.latest_step()
   if step is None:
     checkpoints.close()
@@ -207,6 +212,24 @@ def load_run(workdir: str) -> tuple[Run, TrainState]:
   state = checkpoints.restore(step, run.abstract_state)
   checkpoints.close()
   return run, state
+
+
+AVERAGED = "averaged"  # workdir/averaged/<step>: the state `average_checkpoints` evaluated, which load_run serves
+
+
+def average_last(run: Run, state: TrainState, directory: str, count: int) -> tuple[TrainState, list[int]]:
+  """`state` with the mean parameters of the newest `count` checkpoints in `directory` (ESPnet's model
+  averaging: smoother than the last step's), and those steps; the other collections are the newest's."""
+  checkpoints = Checkpoints(directory)
+  steps = checkpoints.steps()[-count:]
+  total = None
+  for step in steps:
+    params = checkpoints.restore(step, run.abstract_state).params
+    total = params if total is None else jax.tree_util.tree_map(jnp.add, total, params)
+  checkpoints.close()
+  mean = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x / len(steps), tree),
+                 out_shardings=run.state_shardings.params)(total)
+  return state.replace(params=mean), steps
 
 
 def eval_rows(run: Run, state: TrainState, source, step: Callable | None = None) -> dict[str, np.ndarray]:
@@ -242,7 +265,31 @@ def evaluate_source(run: Run, state: TrainState, source) -> dict[str, float]:
   return run.task.metrics(eval_rows(run, state, source), len(source))
 
 
-EVALUATORS: dict[str, Callable] = {"metrics": evaluate_source}  # kind → fn(run, state, source) -> metrics
+DECODING_DEFAULTS = {"beam": 10, "ctc_weight": 0.3, "length_penalty": 0.0}  # Speech-Transformer's beam, ESPnet's weight
+
+
+def decoding_options(config: ml_collections.ConfigDict) -> dict:
+  """The config's `decoding` group over `DECODING_DEFAULTS`; an unknown key is a ConfigError."""
+  given = dict(config.get("decoding") or {})
+  unknown = sorted(set(given) - set(DECODING_DEFAULTS))
+  if unknown:
+    raise ConfigError(f"config key decoding.{unknown[0]} is unknown; decoding has {', '.join(DECODING_DEFAULTS)}")
+  return {**DECODING_DEFAULTS, **given}
+
+
+def evaluate_beam_search(run: Run, state: TrainState, source) -> dict[str, float]:
+  """A split decoded by the task's beam search (`beam_rows`, options from `config.decoding`) and scored."""
+  task = run.task
+  if not hasattr(task, "beam_rows"):
+    raise ConfigError(f"evals kind 'beam_search' needs a task with a beam search (asr), not {run.config.task!r}")
+  options = decoding_options(run.config)
+  step = run.jit_eval(lambda state, batch: task.beam_rows(run.model, {"params": state.params, **state.model_state},
+                                                          batch, **options))
+  return task.beam_metrics(eval_rows(run, state, source, step))
+
+
+# kind → fn(run, state, source) -> metrics
+EVALUATORS: dict[str, Callable] = {"metrics": evaluate_source, "beam_search": evaluate_beam_search}
 EVALUATOR_KEYS = ("kind", "split", "every", "final")
 
 
@@ -344,6 +391,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     multihost_utils.sync_global_devices(f"{workdir} prepared")
   run = make_run(config, dataset.info, workdir=workdir, devices=devices)
   evals = evaluators(config)
+  average = int(config.get("average_checkpoints") or 0)
+  if average > config.get("keep_checkpoints", 3):
+    raise ConfigError(f"average_checkpoints={average} needs as many kept checkpoints; set "
+                      f"--config.keep_checkpoints={average} (or more)")
 
   train_iter = iter(run.task.train_batching.train(
       dataset.source(config.data.train_split), batch_size=config.batch_size, seed=config.seed,
@@ -417,6 +468,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     checkpoints.wait()
     checkpoints.close()
 
+  averaged_steps = None
+  if average > 1:
+    state, averaged_steps = average_last(run, state, checkpoints.directory, average)
+    final = Checkpoints(os.path.join(workdir, AVERAGED), keep=1)
+    final.save(config.total_steps, state)
+    final.wait()
+    final.close()
   test = dataset.source(config.data.test_split)
   results = evaluate_source(run, state, test)
   for entry in evals.values():
@@ -424,6 +482,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
       results.update(EVALUATORS[entry["kind"]](run, state, test))
   results.update(split=config.data.test_split, step=int(config.total_steps),
                  params=models.parameter_count(state.params))
+  if averaged_steps:
+    results["averaged_steps"] = averaged_steps
   write_json(eval_path, results)
   if jax.process_index() == 0:
     models.write_figures(config.model.name, jax.device_get(state.params), sample_rate=run.info.sample_rate,

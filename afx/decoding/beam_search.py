@@ -1,0 +1,234 @@
+"""Joint CTC/attention beam search on the device (Watanabe et al. 2017; ESPnet's `BatchBeamSearch`), several
+utterances at once, the whole search one `lax.while_loop` with static shapes.
+
+Hypotheses live in `[batch, beam, max_length]` token buffers (`<sos/eos>` not stored; 0 after each
+hypothesis's length) beside their scores, a finished flag and the CTC forward variables of their prefix.
+One step, for every utterance at once:
+
+  1. attention: `decode_fn` reads `<sos/eos>` + each prefix (teacher-forced, the prefix recomputed every
+     step: no cache yet) and its log-softmax at the prefix's last position scores every next token;
+  2. pre-beam: the `pre_beam` best tokens by that score (ESPnet's `pre_beam_ratio` 1.5 × beam, key
+     "full") are the only candidates handed to CTC; blank (id 0, also the padding) is never a candidate;
+  3. CTC: `ctc_prefix_scores` gives each candidate's prefix log-probability (ESPnet's `CTCPrefixScoreTH`,
+     `<sos/eos>` scored as the probability of the whole prefix), and the step adds its change;
+  4. joint score `(1 − ctc_weight)·attention + ctc_weight·ΔCTC + length_penalty`, and the best `beam` of
+     beam × pre_beam candidates survive (`top_k`: hypothesis = index // pre_beam, token = index % pre_beam).
+
+ESPnet counterparts and differences:
+  * a finished hypothesis (its last token `<sos/eos>`) stays in its beam slot with its score frozen and
+    competes with the running ones for the `beam` slots (one candidate per step: itself); ESPnet's batched
+    search moves it to a separate `ended_hyps` list instead, so its running beam never loses slots;
+  * `length_penalty` is ESPnet's `penalty` (its `LengthBonus` scorer): added at every step, the step that
+    emits `<sos/eos>` included, so a hypothesis of n tokens gets (n + 1) · penalty;
+  * at `max_length` tokens the only candidate is `<sos/eos>`, scored like any other (ESPnet appends it at
+    `maxlen` without a score), so every hypothesis returned is a complete, scored sequence;
+  * ctc_weight 1 scores every token by CTC alone (no decoder, no pre-beam, as ESPnet with
+    `pre_beam_score_key=None`); ctc_weight 0 skips CTC;
+  * stopping (`early_stop=True`, the default): an utterance is frozen once no running hypothesis can beat
+    its best finished one (every attention and CTC increment is ≤ 0, so a running score can rise only by
+    the positive part of the length penalty on its remaining steps), or once all its hypotheses are
+    finished; the loop ends when every utterance is frozen or after the `<sos/eos>`-only step at
+    max_length.  Running hypotheses left at an early stop are returned with score −inf.  With
+    `early_stop=False` an utterance stops only when all its hypotheses are finished, and the whole n-best
+    list is exact for a beam that holds every sequence.  ESPnet ends on `end_detect` (no better ended
+    hypothesis for several lengths) or `maxlen`.
+
+The first step starts from one hypothesis per utterance, the other slots at −inf, so that the beam is not
+filled with copies of the empty prefix; when fewer than `beam` sequences exist the −inf slots stay in the
+output (length 0, tokens 0) after the real ones.
+"""
+
+import jax
+import jax.numpy as jnp
+
+LOGZERO = -1e10  # ESPnet's logzero: finite, so that differences of impossible prefixes' scores are not NaN
+NEG_INF = -jnp.inf
+
+
+def ctc_initial_state(log_probs, lengths, *, blank: int = 0):
+  """CTC forward variables of the empty prefix, `[frames, batch, 2]` (non-blank, blank), from
+  `log_probs [batch, frames, vocab]`: all blanks up to each frame, frozen past each utterance's length."""
+  frames = log_probs.shape[1]
+  valid = jnp.arange(frames)[:, None] < jnp.asarray(lengths)[None, :]
+  blanks = jnp.cumsum(jnp.where(valid, jnp.moveaxis(log_probs[..., blank], 1, 0), 0.0), axis=0)
+  return jnp.stack([jnp.full_like(blanks, LOGZERO), blanks], axis=-1)
+
+
+def ctc_prefix_scores(log_probs, lengths, r_prev, last, prefix_lengths, candidates, *, eos: int,
+                      blank: int = 0):
+  """Prefix log-probabilities of every hypothesis extended by each of its candidate tokens.
+
+  Args:
+    log_probs: `[batch, frames, vocab]` CTC log-posteriors; lengths `[batch]` valid frames (≥ 1).
+    r_prev: `[frames, batch, hyps, 2]` forward variables r_t^n, r_t^b of each hypothesis's prefix g
+      (`ctc_initial_state` broadcast over hyps for the empty prefix, then this function's output).
+    last: `[batch, hyps]` the last token of g (any id not in the vocabulary, e.g. −1, when g is empty);
+      prefix_lengths `[batch, hyps]` its length (no `<sos/eos>`).
+    candidates: `[batch, hyps, cands]` the next tokens to score.
+  Returns:
+    `psi [batch, hyps, cands]`: log p(g + c as a prefix | x); for c = `eos` log p(g | x) (the whole
+    sequence); for c = blank LOGZERO.  `r [frames, batch, hyps, cands, 2]`: the forward variables of g + c.
+
+  The recursion of ESPnet's `CTCPrefixScore(TH)` (Watanabe et al. 2017, Algorithm 2) over all frames in one
+  `lax.scan`; ESPnet starts at frame max(|g|, 1), which only skips frames where g + c has probability 0.
+  Past an utterance's length the state is carried unchanged (ESPnet pads with blank probability 1, which
+  leaves r^n + r^b unchanged too).
+  """
+  batch, frames, _ = log_probs.shape
+  x = jnp.moveaxis(log_probs.astype(jnp.float32), 1, 0)  # [frames, batch, vocab]
+  x_cand = x[:, jnp.arange(batch)[:, None, None], candidates]  # [frames, batch, hyps, cands]
+  x_blank = x[:, :, blank][:, :, None, None]
+  r_sum = jnp.logaddexp(r_prev[..., 0], r_prev[..., 1])  # [frames, batch, hyps]
+  # phi_t: probability of g ending by frame t and able to take c next; a repeat of g's last label
+  # needs a blank between them.
+  phi = jnp.where(candidates[None] == last[None, :, :, None], r_prev[..., 1][..., None], r_sum[..., None])
+  phi_start = jnp.broadcast_to(jnp.where(prefix_lengths == 0, 0.0, LOGZERO)[..., None], candidates.shape)
+  phi_before = jnp.concatenate([phi_start[None], phi[:-1]], axis=0)  # phi_{t-1}, with phi_{-1} = [g empty]
+  valid = (jnp.arange(frames)[:, None] < jnp.asarray(lengths)[None, :])[:, :, None, None]
+
+  def frame(carry, inputs):
+    r_n, r_b, psi = carry
+    x_c, x_b, phi_t, ok = inputs
+    new_n = jnp.logaddexp(r_n, phi_t) + x_c
+    new_b = jnp.logaddexp(r_n, r_b) + x_b
+    new_psi = jnp.logaddexp(psi, phi_t + x_c)
+    r_n, r_b, psi = (jnp.where(ok, a, b) for a, b in ((new_n, r_n), (new_b, r_b), (new_psi, psi)))
+    return (r_n, r_b, psi), jnp.stack([r_n, r_b], axis=-1)
+
+  start = jnp.full(candidates.shape, LOGZERO, jnp.float32)
+  (_, _, psi), r = jax.lax.scan(frame, (start, start, start),
+                                (x_cand, jnp.broadcast_to(x_blank, x_cand.shape), phi_before,
+                                 jnp.broadcast_to(valid, x_cand.shape)))
+  whole = r_sum[jnp.asarray(lengths) - 1, jnp.arange(batch)]  # [batch, hyps]: log p(g | x)
+  psi = jnp.where(candidates == eos, whole[..., None], psi)
+  return jnp.where(candidates == blank, LOGZERO, psi), r
+
+
+def _gather(values, batch_index, hyp_index):
+  """`values [batch, hyps, ...]` at `[batch_index, hyp_index]`."""
+  return values[batch_index, hyp_index]
+
+
+def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int, max_length: int,
+                sos_eos: int, ctc_weight: float, length_penalty: float = 0.0, pre_beam: int | None = None,
+                early_stop: bool = True, blank: int = 0):
+  """Joint CTC/attention beam search (see the module docstring); call it under `jax.jit`.
+
+  Args:
+    decode_fn: `(tokens [N, max_length + 1], token_lengths [N], encoded [N, ...], encoded_lengths [N])
+      -> logits [N, max_length + 1, vocab]`, the teacher-forced decoder (`<sos/eos>` first); unused, and
+      may be None, when ctc_weight is 1.
+    encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` what decode_fn reads (N = batch × beam).
+    ctc_log_probs: `[batch, frames, vocab]` CTC log-posteriors (log-softmax applied again, harmlessly);
+      unused, and may be None, when ctc_weight is 0 (then encoded_lengths is not needed by CTC).
+  Returns:
+    `tokens [batch, beam, max_length]` (no `<sos/eos>`, 0-padded), `lengths [batch, beam]`,
+    `scores [batch, beam]`, best first.
+  """
+  if not 0.0 <= ctc_weight <= 1.0:
+    raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
+  use_attention, use_ctc = ctc_weight < 1.0, ctc_weight > 0.0
+  if use_attention and decode_fn is None:
+    raise ValueError("decode_fn is needed unless ctc_weight is 1")
+  batch = encoded.shape[0] if encoded is not None else ctc_log_probs.shape[0]
+  vocab = ctc_log_probs.shape[-1] if use_ctc else None
+  lengths_in = jnp.asarray(encoded_lengths, jnp.int32)
+  if use_ctc:
+    ctc_log_probs = jax.nn.log_softmax(ctc_log_probs.astype(jnp.float32), axis=-1)
+  # Without both scorers there is nothing to pre-select by: every token is a candidate.
+  if use_attention and use_ctc:
+    cands = pre_beam if pre_beam is not None else int(1.5 * beam)
+  else:
+    cands = None
+  positions = jnp.arange(max_length)
+  b_index = jnp.arange(batch)[:, None]
+
+  def attention_scores(tokens, lengths):
+    inputs = jnp.concatenate([jnp.full((batch, beam, 1), sos_eos, jnp.int32), tokens], axis=-1)
+    inputs = inputs.reshape(batch * beam, max_length + 1)
+    flat_lengths = lengths.reshape(-1)
+    logits = decode_fn(inputs, flat_lengths + 1, jnp.repeat(encoded, beam, axis=0),
+                       jnp.repeat(lengths_in, beam, axis=0))
+    logits = jnp.take_along_axis(logits, flat_lengths[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, beam, -1)
+
+  def step(state):
+    i = state["step"]
+    tokens, lengths, finished, scores = state["tokens"], state["lengths"], state["finished"], state["scores"]
+    last_step = i >= max_length
+    if use_attention:
+      attention = attention_scores(tokens, lengths)
+      vocab_size = attention.shape[-1]
+    else:
+      vocab_size = vocab
+    ids = jnp.arange(vocab_size)
+    if cands is not None and cands < vocab_size:
+      # Blank is never chosen; at max_length <sos/eos> must be among the candidates.
+      select = jnp.where(ids == blank, NEG_INF, attention)
+      select = jnp.where(last_step & (ids == sos_eos), jnp.inf, select)
+      _, candidates = jax.lax.top_k(select, cands)
+    else:
+      candidates = jnp.broadcast_to(ids, (batch, beam, vocab_size))
+    joint = jnp.zeros(candidates.shape, jnp.float32) + length_penalty
+    if use_attention:
+      joint += (1.0 - ctc_weight) * jnp.take_along_axis(attention, candidates, axis=-1)
+    if use_ctc:
+      last = jnp.where(lengths > 0, jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[..., None],
+                                                        axis=-1)[..., 0], -1)
+      psi, r = ctc_prefix_scores(ctc_log_probs, lengths_in, state["ctc_r"], last, lengths, candidates,
+                                 eos=sos_eos, blank=blank)
+      joint += ctc_weight * (psi - state["ctc_psi"][..., None])
+    joint = jnp.where((candidates == blank) | (last_step & (candidates != sos_eos)), NEG_INF, joint)
+    total = scores[..., None] + joint
+    slot = jnp.arange(candidates.shape[-1])
+    # A finished hypothesis has one candidate, itself, with its score unchanged.
+    total = jnp.where(finished[..., None], jnp.where(slot == 0, scores[..., None], NEG_INF), total)
+    width = candidates.shape[-1]
+    new_scores, flat = jax.lax.top_k(total.reshape(batch, beam * width), beam)
+    hyp, choice = flat // width, flat % width
+    token = candidates[b_index, hyp, choice]
+    was_finished = _gather(finished, b_index, hyp)
+    extends = ~was_finished & (token != sos_eos)
+    old_lengths = _gather(lengths, b_index, hyp)
+    new_tokens = jnp.where((positions == old_lengths[..., None]) & extends[..., None], token[..., None],
+                           _gather(tokens, b_index, hyp))
+    new = {"tokens": new_tokens, "lengths": old_lengths + extends.astype(jnp.int32),
+           "finished": was_finished | (token == sos_eos), "scores": new_scores}
+    if use_ctc:
+      new["ctc_r"] = jnp.moveaxis(jnp.moveaxis(r, 0, 3)[b_index, hyp, choice], 2, 0)
+      new["ctc_psi"] = psi[b_index, hyp, choice]
+    alive = new["scores"] > NEG_INF
+    running = alive & ~new["finished"]
+    best_finished = jnp.max(jnp.where(new["finished"] & alive, new["scores"], NEG_INF), axis=-1)
+    # Each later step adds at most the positive part of the penalty (attention and CTC terms are ≤ 0).
+    bound = jnp.max(jnp.where(running, new["scores"], NEG_INF), axis=-1) + max(length_penalty, 0.0) * (
+        max_length - i).astype(jnp.float32)
+    done = ~jnp.any(running, axis=-1)
+    if early_stop:
+      done |= best_finished >= bound
+    frozen = state["done"]
+    for key, value in new.items():
+      keep = frozen.reshape((batch,) + (1,) * (value.ndim - 1)) if key != "ctc_r" else frozen[None, :, None, None]
+      new[key] = jnp.where(keep, state[key], value)
+    new["done"] = frozen | done
+    new["step"] = i + 1
+    return new
+
+  state = {"tokens": jnp.zeros((batch, beam, max_length), jnp.int32),
+           "lengths": jnp.zeros((batch, beam), jnp.int32),
+           "finished": jnp.zeros((batch, beam), bool),
+           "scores": jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)[None].repeat(batch, axis=0),
+           "done": jnp.zeros((batch,), bool), "step": jnp.asarray(0, jnp.int32)}
+  if use_ctc:
+    frames = ctc_log_probs.shape[1]
+    state["ctc_r"] = jnp.broadcast_to(ctc_initial_state(ctc_log_probs, lengths_in, blank=blank)[:, :, None],
+                                      (frames, batch, beam, 2))
+    state["ctc_psi"] = jnp.zeros((batch, beam), jnp.float32)  # log p(empty prefix) = 0
+  state = jax.lax.while_loop(lambda s: (s["step"] <= max_length) & ~jnp.all(s["done"]), step, state)
+
+  final = jnp.where(state["finished"], state["scores"], NEG_INF)
+  scores, order = jax.lax.top_k(final, beam)
+  tokens = _gather(state["tokens"], b_index, order)
+  lengths = _gather(state["lengths"], b_index, order)
+  real = scores > NEG_INF
+  return jnp.where(real[..., None], tokens, 0), jnp.where(real, lengths, 0), scores
