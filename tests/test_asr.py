@@ -43,7 +43,7 @@ def get_config(variant=None):
   config.tokenizer = ml_collections.ConfigDict(dict(kind="characters", case="lower"))
   config.data = ml_collections.ConfigDict(dict(
       name="synth_speech", data_dir={data_dir!r}, manual_dir=None, folder=None, train_split="train",
-      eval_split="validation", test_split="test", bucket_seconds=(4.0, 8.0), max_tokens=120, num_threads=2,
+      eval_split="validation", test_split="test", bucket_seconds=(8.0,), max_tokens=120, num_threads=2,
       builder_kwargs=ml_collections.ConfigDict(dict(split_sizes={splits!r}, num_workers=1))))
   config.model = ml_collections.ConfigDict(dict(
       name="speech_transformer", num_mel_bins=40, use_deltas=False, d_model=32, num_heads=2, mlp_dim=64,

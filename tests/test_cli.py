@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from afx.audio import synthesis, write_audio
 
@@ -91,6 +92,7 @@ def test_launch_dry_run_prints_the_pod_command():
   assert "run.py train --config experiments/verma_berger_2021.py:large --workdir /tmp/r" in result.stdout
 
 
+@pytest.mark.slow  # about 40 s: two training subprocesses (resuming to the same result is also tested in-process in test_train); run with -m slow
 def test_kill_9_mid_training_then_rerun_gives_the_uninterrupted_eval(tiny_config_path, trained_workdir, tmp_path):
   workdir = str(tmp_path / "killed")
   args = ("train", "--config", f"{tiny_config_path}:small,tiny", "--workdir", workdir)

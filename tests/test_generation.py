@@ -209,6 +209,7 @@ def run_cli(*args, cwd=REPO):
                         timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow  # about 100 s: trains four rows; run with -m slow
 def test_next_sample_run_trains_evaluates_samples_and_reproduces_with_baselines(piano_config_path, tmp_path):
   workdir = str(tmp_path / "t3")
   result = run_cli("train", "--config", f"{piano_config_path}:transformer3,tiny", "--workdir", workdir,

@@ -90,6 +90,7 @@ def test_stage_order_puts_upstreams_first_and_rejects_unknown_names():
     stages.stage_order(config.stages)
 
 
+@pytest.mark.slow  # about 35 s: trains three stages; run with -m slow
 def test_code_lm_row_trains_its_stages_and_reuses_them(representation_config_path, tmp_path, monkeypatch):
   config = load_config(f"{representation_config_path}:code_lm,tiny")
   workdir = str(tmp_path / "row")
@@ -117,6 +118,7 @@ def test_code_lm_row_trains_its_stages_and_reuses_them(representation_config_pat
   assert other_dirs[1][1] != directories["codebook"]
 
 
+@pytest.mark.slow  # about 20 s: trains a SimCLR row and its probe; run with -m slow
 def test_simclr_row_trains_and_probes(representation_config_path, tmp_path):
   results = stages.train_row(load_config(f"{representation_config_path}:simclr,tiny"), str(tmp_path / "row"))
   assert 0.0 <= results["accuracy"] <= 1.0
@@ -132,6 +134,7 @@ def test_probe_of_a_run_without_a_representation_is_a_clear_error(representation
     stages.run_linear_probe(stage, str(tmp_path / "probe"))
 
 
+@pytest.mark.slow  # about 40 s: trains a staged table; run with -m slow
 def test_reproduce_builds_the_table_with_chance(representation_config_path, tmp_path, monkeypatch):
   from afx.train import reproduce
   workdir = str(tmp_path / "table")

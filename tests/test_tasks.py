@@ -96,9 +96,12 @@ def test_evaluators_run_at_their_own_cadence_and_auxiliary_losses_are_logged(tin
   assert all(0.0 <= r["mean_score"] <= 1.0 for r in records)
   assert 0.0 <= results["mAP"] <= 1.0 and results["step"] == 10
 
-  config.evals = {"beam": {"kind": "beam_search_that_does_not_exist"}}
-  with pytest.raises(ConfigError, match="evals.beam.kind is 'beam_search_that_does_not_exist'; choose one of metrics"):
+  config.evals = {"edit": {"kind": "edit_distance"}}
+  with pytest.raises(ConfigError, match="evals.edit.kind is 'edit_distance'; choose one of beam_search, metrics"):
     train(config, str(tmp_path / "bad"))
+  with pytest.raises(ConfigError, match="evals.beam.kind 'beam_search' needs a run of asr, not of 'multi_label_with_aux'"):
+    train(_with_evals(config, {"beam": {"kind": "beam_search"}}), str(tmp_path / "bad1"))
+  assert not os.path.exists(tmp_path / "bad1" / "config.json")  # refused before anything was written
   with pytest.raises(ConfigError, match="evals.quick.often is unknown"):
     train(_with_evals(config, {"quick": {"often": 3}}), str(tmp_path / "bad2"))
 

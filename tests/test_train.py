@@ -152,6 +152,7 @@ def write_fsd50k_layout(root, rng):
     write_audio(root / folder / f"{i}.wav", audio, 44100)
 
 
+@pytest.mark.slow  # about 15 s: builds and trains on an FSD50K-layout tree; run with -m slow
 def test_paper_scale_config_trains_on_the_fsd50k_layout_with_variable_length_clips(tmp_path):
   write_fsd50k_layout(tmp_path / "FSD50K", np.random.default_rng(0))
   vb = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "verma_berger_2021.py")

@@ -113,6 +113,7 @@ class Run:
   init: Callable
   train_step: Callable
   predict: Callable
+  compiled: dict = dataclasses.field(default_factory=dict)  # steps evaluators compile once per run, by kind
 
   def to_global(self, local_batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
@@ -280,28 +281,30 @@ def decoding_options(config: ml_collections.ConfigDict) -> dict:
 def evaluate_beam_search(run: Run, state: TrainState, source) -> dict[str, float]:
   """A split decoded by the task's beam search (`beam_rows`, options from `config.decoding`) and scored."""
   task = run.task
-  if not hasattr(task, "beam_rows"):
-    raise ConfigError(f"evals kind 'beam_search' needs a task with a beam search (asr), not {run.config.task!r}")
-  options = decoding_options(run.config)
-  step = run.jit_eval(lambda state, batch: task.beam_rows(run.model, {"params": state.params, **state.model_state},
-                                                          batch, **options))
-  return task.beam_metrics(eval_rows(run, state, source, step))
+  if "beam_search" not in run.compiled:
+    options = decoding_options(run.config)
+    run.compiled["beam_search"] = run.jit_eval(lambda state, batch: task.beam_rows(
+        run.model, {"params": state.params, **state.model_state}, batch, **options))
+  return task.beam_metrics(eval_rows(run, state, source, run.compiled["beam_search"]))
 
 
-# kind → fn(run, state, source) -> metrics
+# kind → fn(run, state, source) -> metrics, and the task method it needs (None: any task)
 EVALUATORS: dict[str, Callable] = {"metrics": evaluate_source, "beam_search": evaluate_beam_search}
+EVALUATOR_NEEDS: dict[str, str | None] = {"metrics": None, "beam_search": "beam_rows"}
 EVALUATOR_KEYS = ("kind", "split", "every", "final")
 
 
-def register_evaluator(kind: str, evaluate: Callable) -> None:
-  """Make `config.evals.NAME.kind = kind` run `evaluate(run, state, source) -> dict of metrics`."""
+def register_evaluator(kind: str, evaluate: Callable, *, needs: str | None = None) -> None:
+  """Make `config.evals.NAME.kind = kind` run `evaluate(run, state, source) -> dict of metrics`, for tasks
+  that have the method `needs`."""
   if kind in EVALUATORS:
     raise ValueError(f"evaluator kind {kind!r} is registered twice")
-  EVALUATORS[kind] = evaluate
+  EVALUATORS[kind], EVALUATOR_NEEDS[kind] = evaluate, needs
 
 
-def evaluators(config: ml_collections.ConfigDict) -> dict[str, dict]:
-  """The config's evaluations by name, each `{"kind", "split", "every", "final"}` (see the module docstring)."""
+def evaluators(config: ml_collections.ConfigDict, task=None) -> dict[str, dict]:
+  """The config's evaluations by name, each `{"kind", "split", "every", "final"}` (see the module docstring);
+  a kind that `task` cannot serve is a ConfigError before anything is trained."""
   if "evals" not in config:
     return {"val": {"kind": "metrics", "split": config.data.eval_split, "every": int(config.eval_every or 0),
                     "final": False}} if config.eval_every else {}
@@ -314,6 +317,10 @@ def evaluators(config: ml_collections.ConfigDict) -> dict[str, dict]:
     kind = entry.get("kind", "metrics")
     if kind not in EVALUATORS:
       raise ConfigError(f"evals.{name}.kind is {kind!r}; choose one of {', '.join(sorted(EVALUATORS))}")
+    needs = EVALUATOR_NEEDS[kind]
+    if task is not None and needs and not hasattr(task, needs):
+      raise ConfigError(f"evals.{name}.kind {kind!r} needs a run of {' or '.join(tasks.tasks_with(needs))}, "
+                        f"not of {config.task!r}")
     chosen[name] = {"kind": kind, "split": entry.get("split") or config.data.eval_split,
                     "every": int(entry.get("every") or 0), "final": bool(entry.get("final", False))}
   return chosen
@@ -390,7 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int 
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"{workdir} prepared")
   run = make_run(config, dataset.info, workdir=workdir, devices=devices)
-  evals = evaluators(config)
+  evals = evaluators(config, run.task)
   average = int(config.get("average_checkpoints") or 0)
   if average > config.get("keep_checkpoints", 3):
     raise ConfigError(f"average_checkpoints={average} needs as many kept checkpoints; set "
