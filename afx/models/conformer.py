@@ -24,14 +24,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from afx.errors import ConfigError
 from afx.layers import speech
 from afx.layers.conformer import ConformerBlock, relative_positions
-from afx.layers.positional import sinusoidal_encoding
-from afx.layers.transformer import DecoderBlock
+from afx.models.speech_recognizer import SpeechRecognizer, TransformerDecoderMixin
 
 
-class Conformer(speech.SpeechFrontEnd, kw_only=True):
+class Conformer(TransformerDecoderMixin, SpeechRecognizer, kw_only=True):
   """Attributes (the front end's: see `afx.layers.speech.SpeechFrontEnd`):
     vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
     time_masks, time_width_ratio: SpecAugment's time masks default to the paper's and ESPnet's LibriSpeech
@@ -64,12 +62,7 @@ class Conformer(speech.SpeechFrontEnd, kw_only=True):
                            for i in range(self.encoder_layers)]
     self.encoder_norm = nn.LayerNorm(1e-12)
     self.ctc_head = nn.Dense(self.vocab_size, dtype=self.dtype)
-    self.embed = nn.Embed(self.vocab_size, self.d_model)
-    self.decoder_blocks = [DecoderBlock(self.num_heads, self.decoder_mlp_dim, self.dropout_rate,
-                                        attention_impl=self.attention_impl, dtype=self.dtype, name=f"decoder_{i}")
-                           for i in range(self.decoder_layers)]
-    self.decoder_norm = nn.LayerNorm(1e-12)
-    self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.transformer_decoder(self.decoder_mlp_dim)
     self.dropout = nn.Dropout(self.dropout_rate)
 
   @property
@@ -90,28 +83,6 @@ class Conformer(speech.SpeechFrontEnd, kw_only=True):
     """Encoder states `[batch, frames/4, d_model]` and their lengths."""
     x, lengths = self.features(audio, audio_lengths, train=train)
     return self.encode_features(x, lengths, train=train)
-
-  def ctc_logits(self, encoded):
-    return self.ctc_head(encoded).astype(jnp.float32)
-
-  def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False):
-    """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first)."""
-    if not self.decoder_layers:
-      raise ConfigError("this Conformer has no decoder (decoder_layers=0): decode with CTC, or set "
-                        "model.decoder_layers")
-    x = self.embed(tokens).astype(self.dtype) * math.sqrt(self.d_model)
-    x = self.dropout(x + sinusoidal_encoding(jnp.arange(x.shape[1]), self.d_model).astype(x.dtype),
-                     deterministic=not train)
-    for block in self.decoder_blocks:
-      x = block(x, encoded, encoded_lengths, train=train, lengths=token_lengths)
-    return self.output(self.decoder_norm(x)).astype(jnp.float32)
-
-  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, *, train: bool = False):
-    encoded, lengths = self.encode(audio, audio_lengths, train=train)
-    outputs = {"ctc_logits": self.ctc_logits(encoded), "encoder_lengths": lengths}
-    if self.decoder_layers:
-      outputs["decoder_logits"] = self.decode(decoder_inputs, decoder_lengths, encoded, lengths, train=train)
-    return outputs
 
 
 # ESPnet checkpoints.  Torch's Linear weights are [out, in]; afx's kernels [in, out] (attention: [in, heads, d_k]

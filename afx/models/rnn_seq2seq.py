@@ -35,6 +35,7 @@ from flax.linen.recurrent import flip_sequences
 
 from afx.errors import ConfigError
 from afx.layers import speech
+from afx.models.speech_recognizer import SpeechRecognizer
 
 _MASKED = -1e10  # finite, so a row with no valid frame gives zero weights instead of NaN
 
@@ -210,7 +211,7 @@ class AttentionDecoder(nn.Module):
     return logits.astype(jnp.float32), weights
 
 
-class RnnSeq2Seq(speech.SpeechFrontEnd, kw_only=True):
+class RnnSeq2Seq(SpeechRecognizer, kw_only=True):
   """Attributes (ESPnet's names in brackets; defaults from ESPnet's common small RNN recipe config; the front
   end's: see `afx.layers.speech.SpeechFrontEnd`):
     vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
@@ -260,9 +261,6 @@ class RnnSeq2Seq(speech.SpeechFrontEnd, kw_only=True):
     x, lengths = self.features(audio, audio_lengths, train=train)
     return self.encoder(x.astype(self.dtype), lengths, train=train)
 
-  def ctc_logits(self, encoded):
-    return self.ctc_head(encoded).astype(jnp.float32)
-
   def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False,
              return_attention: bool = False):
     """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first), and
@@ -271,13 +269,6 @@ class RnnSeq2Seq(speech.SpeechFrontEnd, kw_only=True):
     del token_lengths
     logits, weights = self.decoder(tokens, encoded, encoded_lengths, train=train)
     return (logits, weights) if return_attention else logits
-
-  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, *, train: bool = False):
-    encoded, lengths = self.encode(audio, audio_lengths, train=train)
-    outputs = {"ctc_logits": self.ctc_logits(encoded), "encoder_lengths": lengths}
-    if self.decoder_layers:
-      outputs["decoder_logits"] = self.decode(decoder_inputs, decoder_lengths, encoded, lengths, train=train)
-    return outputs
 
 
 def _linear(state, prefix, bias=True):

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 
 from afx.layers import speech
 from afx.layers.positional import sinusoidal_encoding
-from afx.layers.transformer import DecoderBlock, TransformerBlock
+from afx.layers.transformer import TransformerBlock
+from afx.models.speech_recognizer import SpeechRecognizer, TransformerDecoderMixin
 
 
-class SpeechTransformer(speech.SpeechFrontEnd, kw_only=True):
+class SpeechTransformer(TransformerDecoderMixin, SpeechRecognizer, kw_only=True):
   """Attributes (the front end's: see `afx.layers.speech.SpeechFrontEnd`; Δ and ΔΔ on by default, as the paper):
     vocab_size: output ids, blank and `<sos/eos>` included (from the run's tokenizer).
     conv_channels, conv_batch_norm: the ×4 subsampling convolutions.
@@ -50,12 +51,7 @@ class SpeechTransformer(speech.SpeechFrontEnd, kw_only=True):
                            for i in range(self.encoder_layers)]
     self.encoder_norm = nn.LayerNorm(1e-12)
     self.ctc_head = nn.Dense(self.vocab_size, dtype=self.dtype)
-    self.embed = nn.Embed(self.vocab_size, self.d_model)
-    self.decoder_blocks = [DecoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                                        attention_impl=self.attention_impl, dtype=self.dtype, name=f"decoder_{i}")
-                           for i in range(self.decoder_layers)]
-    self.decoder_norm = nn.LayerNorm(1e-12)
-    self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.transformer_decoder(self.mlp_dim)
     self.dropout = nn.Dropout(self.dropout_rate)
 
   @property
@@ -75,20 +71,3 @@ class SpeechTransformer(speech.SpeechFrontEnd, kw_only=True):
     for block in self.encoder_blocks:
       x = block(x, train=train, lengths=lengths)
     return self.encoder_norm(x), lengths
-
-  def ctc_logits(self, encoded):
-    return self.ctc_head(encoded).astype(jnp.float32)
-
-  def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False):
-    """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first)."""
-    x = self._positions(self.embed(tokens).astype(self.dtype), train)
-    for block in self.decoder_blocks:
-      x = block(x, encoded, encoded_lengths, train=train, lengths=token_lengths)
-    return self.output(self.decoder_norm(x)).astype(jnp.float32)
-
-  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, *, train: bool = False):
-    encoded, lengths = self.encode(audio, audio_lengths, train=train)
-    outputs = {"ctc_logits": self.ctc_logits(encoded), "encoder_lengths": lengths}
-    if self.decoder_layers:
-      outputs["decoder_logits"] = self.decode(decoder_inputs, decoder_lengths, encoded, lengths, train=train)
-    return outputs
