@@ -4,7 +4,7 @@
   python run.py train --config experiments/verma_berger_2021.py:small,tiny --workdir runs/small
   python run.py eval --workdir runs/small [--split validation]
   python run.py predict --workdir runs/small clip1.wav clip2.flac
-  python run.py transcribe --workdir runs/asr speech1.wav speech2.flac
+  python run.py transcribe --workdir runs/asr speech1.wav speech2.flac [--beam 10] [--ctc-weight 0.3]
   python run.py sample --workdir runs/t3 --seconds 2 [--temperature 1.0] [--prime FILE] --out sample.wav
   python run.py reproduce verma_berger_2021 --scale tiny --workdir runs/demo
   python run.py launch --tpu my-pod --zone us-central2-b [--dry-run] -- train --config ... --workdir gs://...
@@ -23,6 +23,26 @@ class _Parser(argparse.ArgumentParser):
   def error(self, message):  # one line, no usage dump: the user sees what to fix
     sys.stderr.write(f"error: {message} (see python run.py {self.prog.split()[-1]} --help)\n")
     sys.exit(2)
+
+
+def _at_least_one(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or value < 1:
+    raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+  return value
+
+
+def _unit_interval(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = None
+  if value is None or not 0.0 <= value <= 1.0:
+    raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+  return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
   transcribe = commands.add_parser("transcribe", help="speech recognition: text and word times, one JSON line per file")
   transcribe.add_argument("--workdir", required=True)
   transcribe.add_argument("files", nargs="+")
+  transcribe.add_argument("--beam", type=_at_least_one, default=None, metavar="K",
+                          help="joint CTC/attention beam search of width K instead of greedy CTC")
+  transcribe.add_argument("--ctc-weight", type=_unit_interval, default=None, metavar="W",
+                          help="CTC's weight in the beam search's score (default: the run's decoding.ctc_weight)")
 
   sample = commands.add_parser("sample", help="generate audio from a next_sample run into a wav file")
   sample.add_argument("--workdir", required=True)
@@ -83,6 +107,8 @@ def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
   if overrides and args.command not in ("train", "reproduce", "convert"):
     _Parser(prog=f"run.py {args.command}").error(f"{args.command} takes no --config.KEY=VALUE overrides")
+  if args.command == "transcribe" and args.ctc_weight is not None and args.beam is None:
+    _Parser(prog="run.py transcribe").error("--ctc-weight weighs beam search's scores: pass it with --beam K")
 
   from afx.errors import NonFiniteLossError, UserError
   from afx.host_memory import keep_freed_host_memory
@@ -114,7 +140,7 @@ def main(argv: list[str]) -> int:
       return 1 if failed else 0
     elif args.command == "transcribe":
       failed = False
-      for line in afx.train.transcribe(args.workdir, args.files):
+      for line in afx.train.transcribe(args.workdir, args.files, beam=args.beam, ctc_weight=args.ctc_weight):
         failed |= "error" in line
         print(json.dumps(line), flush=True)
       return 1 if failed else 0

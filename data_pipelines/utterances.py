@@ -20,6 +20,7 @@ dropped silently.  Everything here is host-side NumPy.
 
 import collections
 import dataclasses
+import sys
 import threading
 from typing import Callable, Iterator, Sequence
 
@@ -39,10 +40,13 @@ class Utterances:
 
   `encode_text` (the task's tokenizer) turns a transcript into token ids; the batching methods
   (`train`, `evaluate`, `count_batches`, the interface of `data_pipelines.pipeline`'s strategies) use it.
+  `unknown_characters` (the tokenizer's) gives the characters of a transcript that encode as `<unk>`:
+  each split that has some is reported once (`check_utterances`).
   """
   bucket_samples: tuple[int, ...]
   max_tokens: int
   encode_text: EncodeText | None = dataclasses.field(default=None, compare=False, repr=False)
+  unknown_characters: Callable[[str], str] | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     buckets = tuple(int(b) for b in self.bucket_samples)
@@ -111,19 +115,47 @@ def utterance_lengths(source: Sequence) -> np.ndarray:
   return np.fromiter((_num_samples(source[i]) for i in range(len(source))), np.int64, len(source))
 
 
+_REPORTED_UNKNOWN: set[tuple] = set()  # the sources whose unknown characters were reported, once per process
+
+
+def report_unknown_characters(unknown: dict[int, str], total: int, first_id: str, *, what: str) -> str | None:
+  """One line on stderr (once per source) for the transcripts whose characters the tokenizer does not know:
+  how many, which characters, the first record, what it costs and the fix; the line, or None."""
+  key = (what, total, first_id, len(unknown))
+  if not unknown or key in _REPORTED_UNKNOWN:
+    return None
+  _REPORTED_UNKNOWN.add(key)
+  characters = "".join(sorted(set("".join(unknown.values()))))
+  line = (f"{what}: {len(unknown)} of {total} transcripts hold characters the tokenizer does not know "
+          f"({characters!r}), the first {first_id!r}; they encode as <unk> and score as errors: normalise them in "
+          "the dataset's transcripts, or train on text that has them (a new workdir builds a new tokenizer)")
+  print(line, file=sys.stderr, flush=True)
+  return line
+
+
 def check_utterances(source: Sequence, strategy: Utterances, encode_text: EncodeText, *,
                      what: str) -> np.ndarray:
   """Samples per record (as `utterance_lengths`), after making sure every utterance fits `strategy`.
 
   Raises `DataError`, one line, when any utterance is longer than the last bucket or has more than
-  `max_tokens` tokens: how many, the first such record's id and length, and the fix.
+  `max_tokens` tokens: how many, the first such record's id and length, and the fix.  Transcripts with
+  characters outside the tokenizer's (`strategy.unknown_characters`) are reported, not refused
+  (`report_unknown_characters`).
   """
   lengths = np.zeros(len(source), np.int64)
   tokens = np.zeros(len(source), np.int64)
+  unknown: dict[int, str] = {}
   for i in range(len(source)):
     record = source[i]
     lengths[i] = _num_samples(record)
     tokens[i] = _encode(encode_text, record).shape[0]
+    if strategy.unknown_characters is not None:
+      characters = strategy.unknown_characters(_text(record["text"]))
+      if characters:
+        unknown[i] = characters
+  if unknown:
+    first = min(unknown)
+    report_unknown_characters(unknown, len(source), _record_id(source[first], first), what=what)
   problems = []
   too_long = np.flatnonzero(lengths > strategy.max_samples)
   if too_long.size:

@@ -1,6 +1,7 @@
 """Speech recognition end to end on a tiny synth_speech build: the tokenizer made from the training split,
 bucketed utterance batches, the joint CTC/attention loss and its logged parts, greedy-CTC evaluation, and
-`run.py transcribe` (several files batched, a long file in chunks, a broken file, the wrong kind of run)."""
+`run.py transcribe` (several files batched, a long file in chunks, a broken file, the wrong kind of run; beam
+search with forced-alignment word times)."""
 
 import json
 import os
@@ -46,7 +47,7 @@ def get_config(variant=None):
       eval_split="validation", test_split="test", bucket_seconds=(8.0,), max_tokens=120, num_threads=2,
       builder_kwargs=ml_collections.ConfigDict(dict(split_sizes={splits!r}, num_workers=1))))
   config.model = ml_collections.ConfigDict(dict(
-      name="speech_transformer", num_mel_bins=40, use_deltas=False, d_model=32, num_heads=2, mlp_dim=64,
+      name="speech_transformer", num_mel_bins=40, use_deltas=False, normalization="global", d_model=32, num_heads=2, mlp_dim=64,
       encoder_layers=1, decoder_layers=1, conv_channels=8, dropout_rate=0.0))
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=3e-3, b1=0.9, b2=0.98, weight_decay=0.0, schedule="cosine", warmup_steps=4,
@@ -91,6 +92,10 @@ def test_asr_run_trains_on_bucketed_utterances_and_logs_both_losses(asr_run):
   train_split = _source(config_path, "train")
   characters = set("".join(train_split[i]["text"].decode() for i in range(len(train_split))))
   assert set(tokenizer.tokens[2:-1]) == (characters - {" "}) | {"<space>"}
+  with open(os.path.join(workdir, "feature_stats.json")) as f:  # normalization: global
+    stats = json.load(f)
+  assert len(stats["mean"]) == len(stats["std"]) == 40 and stats["utterances"] == SPLITS["train"]
+  assert all(s > 0 for s in stats["std"])
 
 
 def test_transcribe_batches_files_cuts_long_ones_and_reports_broken_ones(asr_run, tmp_path):
@@ -117,6 +122,31 @@ def test_transcribe_batches_files_cuts_long_ones_and_reports_broken_ones(asr_run
     starts = [word["start"] for word in line["words"]]
     assert starts == sorted(starts)
     assert all(0 <= word["start"] < word["end"] <= seconds + 0.05 for word in line["words"])
+
+
+def test_transcribe_with_beam_search_times_words_by_forced_alignment(asr_run, tmp_path):
+  config_path, workdir, _ = asr_run
+  source = _source(config_path, "test")
+  files, seconds = [], []
+  for i in range(2):
+    audio = np.asarray(source[i]["audio"], np.float32) / 32768.0
+    files.append(str(tmp_path / f"u{i}.wav"))
+    seconds.append(audio.shape[0] / 16000)
+    sf.write(files[-1], audio, 16000)
+  refused = run_cli("transcribe", "--workdir", workdir, files[0], "--beam", "0")
+  assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--beam" in refused.stderr
+
+  # CTC only: this briefly trained decoder's hypotheses run to max_tokens, more than CTC can align (no times).
+  result = run_cli("transcribe", "--workdir", workdir, *files, "--beam", "2", "--ctc-weight", "1")
+  assert result.returncode == 0, result.stderr
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [line["file"] for line in lines] == files
+  assert any(line["words"] for line in lines)
+  for line, duration in zip(lines, seconds):
+    assert isinstance(line["text"], str) and line["text"] == " ".join(word["word"] for word in line["words"])
+    times = [time for word in line["words"] for time in (word["start"], word["end"])]
+    assert times == sorted(times)  # one chunk per file: words in order, none overlapping
+    assert all(0 <= word["start"] < word["end"] <= duration + 0.05 for word in line["words"])
 
 
 def test_transcribe_needs_an_asr_run(trained_workdir, tmp_path):

@@ -1,6 +1,6 @@
-"""Speech recognition's parts: the front end (against librosa and Kaldi's definitions), CTC loss masking and
-greedy decoding (against plain Python), label smoothing (against its formula), and the Speech-Transformer's
-shapes and padding invariance."""
+"""Speech recognition's parts: the front end (against librosa and Kaldi's definitions), CTC loss masking,
+greedy decoding and forced alignment (against plain Python and NumPy), label smoothing (against its formula),
+and the Speech-Transformer's shapes and padding invariance."""
 
 import itertools
 
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from afx.decoding import ctc
+from afx.errors import ConfigError
 from afx.layers import speech
 from afx.models import build_model
-from afx.tasks.asr import smoothed_cross_entropy
+from afx.tasks.asr import SpeechRecognitionTask, smoothed_cross_entropy
+from afx.text import build_tokenizer
 from afx.train.optim import noam_schedule
 
 
@@ -79,6 +81,113 @@ def test_greedy_collapse_matches_plain_python_with_frames_of_each_token():
     assert list(firsts[row, :counts[row]]) == expected_first and list(lasts[row, :counts[row]]) == expected_last
 
 
+def _numpy_viterbi(log_probs, tokens):
+  """Each token's (first, last) frame in the best CTC path of `tokens` through `log_probs [frames, vocab]`
+  (float32, ties to the earlier state as `forced_align`), or None when no path exists."""
+  states = [0]
+  for token in tokens:
+    states += [token, 0]
+  frames, count = log_probs.shape[0], len(states)
+  score = np.full((frames, count), -np.inf, np.float32)
+  came_from = np.zeros((frames, count), np.int64)
+  for t in range(frames):
+    for s in range(count):
+      if t == 0:
+        options = [np.float32(0.0) if s < 2 else np.float32(-np.inf)]
+        moves = [s]
+      else:
+        options, moves = [score[t - 1, s]], [s]
+        if s >= 1:
+          options.append(score[t - 1, s - 1])
+          moves.append(s - 1)
+        if s >= 3 and s % 2 == 1 and states[s] != states[s - 2]:
+          options.append(score[t - 1, s - 2])
+          moves.append(s - 2)
+      best = int(np.argmax(options))
+      score[t, s] = np.float32(options[best] + log_probs[t, states[s]])
+      came_from[t, s] = moves[best]
+  ends = [count - 1] + ([count - 2] if tokens else [])
+  end = max(ends, key=lambda s: (score[-1, s], s))  # a tie goes to the final blank
+  if not np.isfinite(score[-1, end]):
+    return None
+  path = [end]
+  for t in range(frames - 1, 0, -1):
+    path.append(came_from[t, path[-1]])
+  path = path[::-1]
+  return [(path.index(2 * k + 1), len(path) - 1 - path[::-1].index(2 * k + 1)) for k in range(len(tokens))]
+
+
+def test_forced_align_matches_a_numpy_viterbi_and_marks_rows_that_cannot_fit():
+  rng = np.random.default_rng(6)
+  log_probs = np.asarray(jax.nn.log_softmax(rng.normal(size=(6, 14, 5)).astype(np.float32) * 2, axis=-1))
+  tokens = np.array([[1, 2, 3, 0, 0], [2, 2, 4, 4, 1], [3, 0, 0, 0, 0], [1, 2, 1, 2, 1], [0, 0, 0, 0, 0],
+                     [4, 4, 4, 4, 0]], np.int32)
+  token_lengths = np.array([3, 5, 1, 5, 0, 4])
+  lengths = np.array([14, 9, 1, 7, 5, 6])  # row 5 needs 7 frames (4 _ 4 _ 4 _ 4): impossible
+  first, last = map(np.asarray, ctc.forced_align(jnp.asarray(log_probs), jnp.asarray(lengths), jnp.asarray(tokens),
+                                                 jnp.asarray(token_lengths), blank_id=0))
+  assert first.shape == last.shape == (6, 5) and first.dtype == np.int32
+  for row in range(6):
+    n = token_lengths[row]
+    expected = _numpy_viterbi(log_probs[row, :lengths[row]], list(tokens[row, :n]))
+    if expected is None:
+      assert row == 5 and np.all(first[row] == -1) and np.all(last[row] == -1)
+      continue
+    assert [tuple(pair) for pair in zip(first[row, :n], last[row, :n])] == expected, row
+    assert np.all(first[row, n:] == -1) and np.all(last[row, n:] == -1)
+
+
+def test_forced_alignment_of_the_greedy_transcript_gives_the_greedy_spans():
+  # The greedy path is the best path of its own collapse, so its spans are the Viterbi alignment's.
+  rng = np.random.default_rng(7)
+  frame_tokens = rng.choice(4, size=(3, 20), p=[0.5, 0.2, 0.2, 0.1])
+  logits = rng.normal(size=(3, 20, 4)).astype(np.float32) + 8.0 * np.eye(4, dtype=np.float32)[frame_tokens]
+  lengths = jnp.asarray([20, 13, 4])
+  tokens, counts, first, last = ctc.greedy_decode(jnp.asarray(logits), lengths)
+  aligned_first, aligned_last = ctc.forced_align(jax.nn.log_softmax(jnp.asarray(logits), axis=-1), lengths, tokens,
+                                                 counts, blank_id=0)
+  assert int(counts.min()) > 0
+  np.testing.assert_array_equal(np.asarray(aligned_first), np.asarray(first))
+  np.testing.assert_array_equal(np.asarray(aligned_last), np.asarray(last))
+
+
+def _tiny_speech_transformer(vocab_size, *, decoder_layers):
+  return build_model({"name": "speech_transformer", "d_model": 16, "num_heads": 2, "mlp_dim": 32, "encoder_layers": 1,
+                      "decoder_layers": decoder_layers, "conv_channels": 4, "num_mel_bins": 20, "spec_augment": False},
+                     vocab_size=vocab_size, sample_rate=16000)
+
+
+def test_beam_transcription_rows_align_the_best_hypothesis_and_need_a_decoder_below_ctc_weight_1():
+  task = SpeechRecognitionTask(build_tokenizer("characters", ["ab c", "ca b"]), (8000,), 6)
+  vocab = task.tokenizer.vocab_size
+  audio = np.random.default_rng(8).normal(scale=0.1, size=(2, 8000)).astype(np.float32)
+  batch = {"audio": audio, "audio_lengths": np.array([8000, 5000], np.int32), "index": np.array([0, 1], np.int32)}
+  with pytest.raises(ConfigError, match="--ctc-weight 1"):
+    task.beam_transcription_rows(_tiny_speech_transformer(vocab, decoder_layers=0), None, batch, beam=2, ctc_weight=0.3)
+
+  model = _tiny_speech_transformer(vocab, decoder_layers=1)
+
+  @jax.jit
+  def decode(batch):  # one compilation: init, the beam search, and the CTC log-probs it was aligned to
+    variables = model.init(jax.random.key(0), batch["audio"], batch["audio_lengths"], jnp.zeros((2, 3), jnp.int32),
+                           jnp.ones(2, jnp.int32))
+    rows = task.beam_transcription_rows(model, variables, batch, beam=2, ctc_weight=0.3)
+    encoded, frames = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    return rows, jax.nn.log_softmax(model.apply(variables, encoded, method="ctc_logits"), axis=-1), frames
+
+  rows, log_probs, frames = jax.tree.map(np.asarray, decode(batch))
+  assert set(rows) == {"tokens", "lengths", "first", "last", "index"} and rows["first"].shape == (2, 6)
+  for row in range(2):
+    n = rows["lengths"][row]
+    expected = _numpy_viterbi(log_probs[row, :frames[row]], list(rows["tokens"][row, :n]))
+    got = list(zip(rows["first"][row, :n].tolist(), rows["last"][row, :n].tolist()))
+    assert got == (expected if expected is not None else [(-1, -1)] * n)
+  # Tokens with no alignment keep their words, without times.
+  tokens = np.asarray(task.tokenizer.encode("ab c"))
+  assert task.words(tokens, np.full(4, -1), np.full(4, -1), frame_seconds=0.04) == [
+      {"word": "ab", "start": None, "end": None}, {"word": "c", "start": None, "end": None}]
+
+
 def test_ctc_loss_masks_impossible_rows_and_matches_a_brute_force_sum():
   rng = np.random.default_rng(3)
   logits = rng.normal(size=(3, 4, 3)).astype(np.float32)
@@ -139,3 +248,40 @@ def test_noam_schedule_peaks_at_the_warmup_and_decays_as_one_over_sqrt_step():
   assert float(schedule(500)) == pytest.approx(1e-3)  # linear rise
   assert float(schedule(4000)) == pytest.approx(1e-3)  # 1/√step decay
   assert float(schedule(0)) == pytest.approx(2e-3 / 1000)
+
+
+def test_global_statistics_are_numpys_over_every_valid_frame_and_global_normalisation_applies_them():
+  from afx.tasks.asr import feature_statistics
+  from data_pipelines.utterances import Utterances
+  rng = np.random.default_rng(5)
+  lengths = [4000, 9000, 6500, 12000, 3000]
+  source = [{"audio": (rng.normal(scale=3000, size=n)).astype(np.int16), "text": "ab", "id": f"u{i}"}
+            for i, n in enumerate(lengths)]
+  front_end = build_model({"name": "speech_transformer", "num_mel_bins": 20, "use_deltas": True, "normalization": "none",
+                           "d_model": 16, "num_heads": 2, "mlp_dim": 16, "encoder_layers": 1, "decoder_layers": 0,
+                           "conv_channels": 4}, vocab_size=5, sample_rate=16000)
+  batching = Utterances((8000, 12000), 8, encode_text=lambda text: np.ones(len(text), np.int64))
+  stats = feature_statistics(front_end, source, batching, batch_size=2)
+
+  def alone(record):
+    audio = record["audio"].astype(np.float32)[None] / 32768.0
+    x, counts = front_end.apply({}, jnp.asarray(audio), jnp.asarray([audio.shape[1]]), method="raw_features")
+    return np.asarray(x[0, :int(counts[0])], np.float64)
+
+  frames = np.concatenate([alone(record) for record in source])
+  assert stats["frames"] == frames.shape[0] and stats["utterances"] == 5
+  np.testing.assert_allclose(stats["mean"], frames.mean(axis=0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(stats["std"], frames.std(axis=0), rtol=1e-4, atol=1e-4)
+  few = feature_statistics(front_end, source, batching, batch_size=2, max_utterances=2)
+  assert few["utterances"] == 2 and few["frames"] == len(alone(source[0])) + len(alone(source[-1]))
+
+  mean, std = tuple(stats["mean"]), tuple(stats["std"])
+  x = jnp.asarray(frames[None, :50].astype(np.float32))
+  normalized = np.asarray(speech.global_normalize(jnp.concatenate([x, x], axis=0), jnp.asarray([50, 20]), mean, std))
+  np.testing.assert_allclose(normalized[0], (frames[:50] - stats["mean"]) / stats["std"], rtol=1e-4, atol=1e-4)
+  assert np.all(normalized[1, 20:] == 0)
+  unmeasured = build_model({"name": "speech_transformer", "num_mel_bins": 20, "normalization": "global", "d_model": 16,
+                            "num_heads": 2, "mlp_dim": 16, "encoder_layers": 1, "decoder_layers": 0,
+                            "conv_channels": 4}, vocab_size=5, sample_rate=16000)
+  with pytest.raises(ConfigError, match="feature_stats.json"):
+    unmeasured.apply({}, jnp.zeros((1, 4000)), jnp.asarray([4000]), train=False, method="features")

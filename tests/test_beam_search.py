@@ -1,5 +1,6 @@
 """Beam search and CTC prefix scores against independent references: ESPnet's numpy `CTCPrefixScore`,
-optax's CTC loss, and brute force over every short sequence."""
+optax's CTC loss, and brute force over every short sequence; the key/value-cached decoders (`decode_step`) of the
+Transformer decoder and of the RNN decoder against their teacher-forced `decode`, alone and in beam search."""
 
 import functools
 import itertools
@@ -10,7 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from afx.decoding.beam_search import LOGZERO, beam_search, ctc_initial_state, ctc_prefix_scores
+from afx.decoding.beam_search import (LOGZERO, beam_search, ctc_initial_state, ctc_prefix_scores, full_prefix_decoder,
+                                      model_decoder)
+from afx.models.conformer import Conformer
+from afx.models.rnn_seq2seq import RnnSeq2Seq
 
 VOCAB = 5  # 0 blank, 1..3 tokens, 4 <sos/eos>
 EOS = VOCAB - 1
@@ -224,3 +228,101 @@ def test_batched_search_is_padding_invariant_and_sorted(early_stop):
       attention = sum(logp[a, b] for a, b in zip((EOS,) + seq, seq + (EOS,)))
       expected = 0.7 * attention + 0.3 * ctc_score + 0.5 * (len(seq) + 1)
       np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-3)
+
+
+# Small random decoders (vocab 8: blank 0, <sos/eos> 7) over random memories: `decode` alone is initialised.
+MODEL_VOCAB = 8
+DECODERS = {
+    "transformer": (Conformer(vocab_size=MODEL_VOCAB, d_model=16, num_heads=2, mlp_dim=32, encoder_layers=1,
+                              decoder_layers=2, decoder_mlp_dim=32, dropout_rate=0.0), 16),
+    "rnn": (RnnSeq2Seq(vocab_size=MODEL_VOCAB, encoder_layers=1, projection_units=12, att_dim=8, aconv_chans=3,
+                       aconv_filts=2, decoder_layers=2, decoder_units=12), 12),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder_setup(name, frames=9):
+  """A decoder with random parameters (drawn on the host: no compiled init), a memory `[3, frames, width]` valid
+  up to [9, 6, 3] frames and tokens `[3, 6]`."""
+  model, width = DECODERS[name]
+  rng = np.random.default_rng(0)
+  memory = jnp.asarray(rng.normal(size=(3, frames, width)), jnp.float32)
+  memory_lengths = jnp.asarray([frames, 6, 3])
+  tokens = jnp.asarray(rng.integers(1, MODEL_VOCAB, size=(3, 6)), jnp.int32)
+  shapes = jax.eval_shape(functools.partial(model.init, method="decode"), jax.random.key(0), tokens, jnp.full(3, 6),
+                          memory, memory_lengths)
+
+  def draw(path, leaf):
+    if jax.tree_util.keystr(path[-1:]) == "['scale']":
+      return jnp.asarray(1.0 + 0.3 * rng.standard_normal(leaf.shape), jnp.float32)
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 4
+    return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), jnp.float32)
+
+  return model, jax.tree_util.tree_map_with_path(draw, shapes), memory, memory_lengths, tokens
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _teacher_forced_both_ways(model, variables, tokens, memory, memory_lengths):
+  full = model.apply(variables, tokens, jnp.full(tokens.shape[:1], tokens.shape[1]), memory, memory_lengths,
+                     method="decode")
+  cache, context = model.apply(variables, memory, memory_lengths, tokens.shape[1], method="init_decode_cache")
+
+  def position(cache, inputs):
+    token, step = inputs
+    logits, cache = model.apply(variables, token, cache, context, step, method="decode_step")
+    return cache, logits
+
+  _, stepped = jax.lax.scan(position, cache, (tokens.T, jnp.arange(tokens.shape[1])))
+  return full, jnp.moveaxis(stepped, 0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_decode_step_gives_decode_logits_at_every_position(name):
+  model, variables, memory, memory_lengths, tokens = _decoder_setup(name)
+  full, stepped = _teacher_forced_both_ways(model, variables, tokens, memory, memory_lengths)
+  assert stepped.shape == full.shape == (3, 6, MODEL_VOCAB)
+  np.testing.assert_allclose(np.asarray(stepped), np.asarray(full), rtol=1e-5, atol=1e-5)
+
+
+MODEL_SEARCH = dict(beam=3, max_length=6, sos_eos=MODEL_VOCAB - 1, ctc_weight=0.3, length_penalty=0.5, early_stop=False)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cached"))
+def _model_search(model, variables, memory, memory_lengths, ctc_log_probs, *, cached):
+  decode = lambda *args: model.apply(variables, *args, method="decode")
+  decoder = model_decoder(model, variables) if cached else full_prefix_decoder(decode)
+  return beam_search(decoder, memory, memory_lengths, ctc_log_probs, **MODEL_SEARCH)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _decode_log_probs(model, variables, *args):
+  return jax.nn.log_softmax(model.apply(variables, *args, method="decode"), axis=-1)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_cached_beam_search_gives_the_full_prefix_results(name):
+  model, variables, memory, memory_lengths, _ = _decoder_setup(name)
+  x = _log_probs(7, memory.shape[1], MODEL_VOCAB, batch=3)
+  cached, reference = ([np.asarray(a) for a in _model_search(model, variables, memory, memory_lengths, jnp.asarray(x),
+                                                             cached=cached)] for cached in (True, False))
+  tokens, lengths, scores = cached
+  np.testing.assert_array_equal(tokens, reference[0])
+  np.testing.assert_array_equal(lengths, reference[1])
+  np.testing.assert_allclose(scores, reference[2], rtol=1e-5, atol=1e-5)
+  # Independently of the search's loop (the two share its reordering of the cache): each hypothesis scores as
+  # its sequence does under the teacher-forced decoder and optax's CTC.
+  eos, beam, max_length = MODEL_SEARCH["sos_eos"], MODEL_SEARCH["beam"], MODEL_SEARCH["max_length"]
+  assert np.all(np.isfinite(scores)) and len({tuple(row) for row in tokens.reshape(-1, max_length)}) > beam
+  inputs = np.concatenate([np.full((3 * beam, 1), eos), tokens.reshape(3 * beam, -1)], axis=1)
+  logp = np.asarray(_decode_log_probs(model, variables, jnp.asarray(inputs), jnp.asarray(lengths.reshape(-1) + 1),
+                                      jnp.repeat(memory, beam, 0), jnp.repeat(memory_lengths, beam)))
+  for row in range(3):
+    hypotheses = _hypotheses(tokens[row], lengths[row], scores[row])
+    ctc_scores = _ctc_log_probs(x[row], int(memory_lengths[row]), [seq for seq, _ in hypotheses])
+    for k, ((seq, score), ctc_score) in enumerate(zip(hypotheses, ctc_scores)):
+      if ctc_score < -1e3:  # longer than CTC can emit in this utterance's frames: ESPnet's LOGZERO
+        assert score < LOGZERO / 10
+        continue
+      attention = sum(logp[row * beam + k, i, target] for i, target in enumerate(seq + (eos,)))
+      expected = 0.7 * attention + 0.3 * ctc_score + MODEL_SEARCH["length_penalty"] * (len(seq) + 1)
+      np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-4)

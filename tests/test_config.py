@@ -59,3 +59,21 @@ def test_paper_scale_models_have_the_papers_parameter_counts(row, paper_params):
 def test_unknown_model_option_names_the_key():
   with pytest.raises(ConfigError, match="model.widht"):
     models.build_model({"name": "audio_transformer", "widht": 3}, num_classes=2)
+
+
+ASR_TABLES = ("dong_2018_speech_transformer", "gulati_2020_conformer", "karita_2019_transformer_vs_rnn")
+
+
+@pytest.mark.parametrize("table", ASR_TABLES)
+def test_every_asr_table_row_builds_its_model_at_both_scales(table):
+  path = experiment_path(table)
+  module = config_lib.load_module(path)
+  assert module.METRIC == "wer" and "wer" in module.LOWER_IS_BETTER
+  audio, tokens = jnp.zeros((1, 8000)), jnp.zeros((1, 5), jnp.int32)
+  for row in module.ROWS:
+    for variant in (row, f"{row},tiny"):
+      config = config_lib.load_config(f"{path}:{variant}")
+      assert config.task == "asr" and config.evals.beam.kind == "beam_search" and config.evals.beam.final
+      model = models.build_model(config.model, vocab_size=32, feature_stats=None, sample_rate=16000)
+      shapes = jax.eval_shape(model.init, jax.random.key(0), audio, jnp.array([8000]), tokens, jnp.array([5]))
+      assert models.parameter_count(shapes["params"]) > 0

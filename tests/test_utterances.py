@@ -198,3 +198,20 @@ def test_a_split_without_a_full_batch_in_any_bucket_is_an_error():
 def test_batch_size_must_divide_over_processes():
   with pytest.raises(ConfigError, match="does not divide"):
     train_iter(make_source(), global_batch_size=6, process_count=4)
+
+
+def test_transcripts_with_unknown_characters_are_reported_once_and_kept(capsys):
+  from afx.text import build_tokenizer
+  tokenizer = build_tokenizer("characters", ["abc de"], case="lower")
+  strategy = utterances.Utterances(STRATEGY.bucket_samples, 20, encode_text=tokenizer.encode,
+                                   unknown_characters=tokenizer.unknown_characters)
+  source = make_source(num_utterances=12)
+  source = [dict(record, text="abc d") for record in source]
+  source[3] = dict(source[3], text="abz dé")
+  source[9] = dict(source[9], text="éa")
+  for _ in range(2):
+    lengths = utterances.check_utterances(source, strategy, tokenizer.encode, what="wsj test_eval92")
+  assert len(lengths) == 12  # nothing dropped
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert lines[0].startswith("wsj test_eval92: 2 of 12 transcripts") and "'zé'" in lines[0] and "utt-003" in lines[0]

@@ -5,8 +5,8 @@ Hypotheses live in `[batch, beam, max_length]` token buffers (`<sos/eos>` not st
 hypothesis's length) beside their scores, a finished flag and the CTC forward variables of their prefix.
 One step, for every utterance at once:
 
-  1. attention: `decode_fn` reads `<sos/eos>` + each prefix (teacher-forced, the prefix recomputed every
-     step: no cache yet) and its log-softmax at the prefix's last position scores every next token;
+  1. attention: the decoder (a `StepDecoder`) reads each hypothesis's last token (`<sos/eos>` at step 0) from
+     its cache of the prefix, and the log-softmax of its logits scores every next token;
   2. pre-beam: the `pre_beam` best tokens by that score (ESPnet's `pre_beam_ratio` 1.5 × beam, key
      "full") are the only candidates handed to CTC; blank (id 0, also the padding) is never a candidate;
   3. CTC: `ctc_prefix_scores` gives each candidate's prefix log-probability (ESPnet's `CTCPrefixScoreTH`,
@@ -33,10 +33,18 @@ ESPnet counterparts and differences:
     list is exact for a beam that holds every sequence.  ESPnet ends on `end_detect` (no better ended
     hypothesis for several lengths) or `maxlen`.
 
+The decoder runs one token per hypothesis per step: every running hypothesis at step i has i tokens, so all
+are at the same position (a finished one's attention scores are computed and ignored).  Its cache, one row
+per hypothesis, is reordered with the surviving hypotheses, as the token buffers are; `full_prefix_decoder`
+adapts a teacher-forced decoder with no cache (it re-reads the whole prefix, O(L) per step).
+
 The first step starts from one hypothesis per utterance, the other slots at −inf, so that the beam is not
 filled with copies of the empty prefix; when fewer than `beam` sequences exist the −inf slots stay in the
 output (length 0, tokens 0) after the real ones.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,21 +112,60 @@ def ctc_prefix_scores(log_probs, lengths, r_prev, last, prefix_lengths, candidat
   return jnp.where(candidates == blank, LOGZERO, psi), r
 
 
+class StepDecoder(NamedTuple):
+  """An attention decoder run one token per hypothesis at a time, over n = batch × beam hypotheses.
+
+  init: `(memory [n, ...], memory_lengths [n], slots) -> (cache, context)`: the state before any token, for
+    positions 0..slots − 1.  cache: a pytree of `[n, ...]` arrays, one row per hypothesis, reordered with the
+    hypotheses; context: anything the steps only read (e.g. the memory's cross-attention keys and values).
+  step: `(token [n], cache, context, position) -> (logits [n, vocab], cache)`: the next-token logits after
+    the prefix in cache followed by `token` at `position` (int32 scalar, traced; `<sos/eos>` at 0).
+  """
+  init: Callable
+  step: Callable
+
+
+def full_prefix_decoder(decode_fn) -> StepDecoder:
+  """A `StepDecoder` for a teacher-forced `decode_fn(tokens [n, L], token_lengths [n], memory, memory_lengths)
+  -> logits [n, L, vocab]` (`<sos/eos>` first): its cache is the token history `[n, slots]`, and each step
+  runs the decoder over the whole prefix."""
+
+  def init(memory, memory_lengths, slots):
+    return jnp.zeros((memory_lengths.shape[0], slots), jnp.int32), (memory, memory_lengths)
+
+  def step(token, history, context, position):
+    history = jax.lax.dynamic_update_slice_in_dim(history, token[:, None].astype(jnp.int32), position, axis=1)
+    logits = decode_fn(history, jnp.full(token.shape, position + 1, jnp.int32), *context)
+    return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False), history
+
+  return StepDecoder(init, step)
+
+
+def model_decoder(model, variables) -> StepDecoder:
+  """The attention decoder of a flax `model` bound to `variables`: its key/value-cached `init_decode_cache`
+  and `decode_step` (`afx.models.speech_recognizer`, `afx.models.rnn_seq2seq`), or, for a model with only a
+  teacher-forced `decode(tokens, token_lengths, memory, memory_lengths)`, that one over the whole prefix."""
+  if not hasattr(model, "decode_step"):
+    return full_prefix_decoder(lambda *args: model.apply(variables, *args, method="decode"))
+  return StepDecoder(lambda *args: model.apply(variables, *args, method="init_decode_cache"),
+                     lambda *args: model.apply(variables, *args, method="decode_step"))
+
+
 def _gather(values, batch_index, hyp_index):
   """`values [batch, hyps, ...]` at `[batch_index, hyp_index]`."""
   return values[batch_index, hyp_index]
 
 
-def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int, max_length: int,
+def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, max_length: int,
                 sos_eos: int, ctc_weight: float, length_penalty: float = 0.0, pre_beam: int | None = None,
                 early_stop: bool = True, blank: int = 0):
   """Joint CTC/attention beam search (see the module docstring); call it under `jax.jit`.
 
   Args:
-    decode_fn: `(tokens [N, max_length + 1], token_lengths [N], encoded [N, ...], encoded_lengths [N])
-      -> logits [N, max_length + 1, vocab]`, the teacher-forced decoder (`<sos/eos>` first); unused, and
-      may be None, when ctc_weight is 1.
-    encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` what decode_fn reads (N = batch × beam).
+    decoder: a `StepDecoder` (e.g. `model_decoder`), or a teacher-forced `decode_fn` as `full_prefix_decoder`
+      takes; unused, and may be None, when ctc_weight is 1.
+    encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` the memory the decoder reads; its `init`
+      gets each row repeated for the utterance's hypotheses (n = batch × beam rows, utterance-major).
     ctc_log_probs: `[batch, frames, vocab]` CTC log-posteriors (log-softmax applied again, harmlessly);
       unused, and may be None, when ctc_weight is 0 (then encoded_lengths is not needed by CTC).
   Returns:
@@ -128,8 +175,10 @@ def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int
   if not 0.0 <= ctc_weight <= 1.0:
     raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
   use_attention, use_ctc = ctc_weight < 1.0, ctc_weight > 0.0
-  if use_attention and decode_fn is None:
-    raise ValueError("decode_fn is needed unless ctc_weight is 1")
+  if use_attention and decoder is None:
+    raise ValueError("a decoder is needed unless ctc_weight is 1")
+  if use_attention and not isinstance(decoder, StepDecoder):
+    decoder = full_prefix_decoder(decoder)
   batch = encoded.shape[0] if encoded is not None else ctc_log_probs.shape[0]
   vocab = ctc_log_probs.shape[-1] if use_ctc else None
   lengths_in = jnp.asarray(encoded_lengths, jnp.int32)
@@ -143,21 +192,18 @@ def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int
   positions = jnp.arange(max_length)
   b_index = jnp.arange(batch)[:, None]
 
-  def attention_scores(tokens, lengths):
-    inputs = jnp.concatenate([jnp.full((batch, beam, 1), sos_eos, jnp.int32), tokens], axis=-1)
-    inputs = inputs.reshape(batch * beam, max_length + 1)
-    flat_lengths = lengths.reshape(-1)
-    logits = decode_fn(inputs, flat_lengths + 1, jnp.repeat(encoded, beam, axis=0),
-                       jnp.repeat(lengths_in, beam, axis=0))
-    logits = jnp.take_along_axis(logits, flat_lengths[:, None, None], axis=1)[:, 0]
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, beam, -1)
+  if use_attention:
+    # Positions 0..max_length: <sos/eos>, then up to max_length tokens (the last step scores only <sos/eos>).
+    cache, context = decoder.init(jnp.repeat(encoded, beam, axis=0), jnp.repeat(lengths_in, beam, axis=0),
+                                  max_length + 1)
 
   def step(state):
     i = state["step"]
     tokens, lengths, finished, scores = state["tokens"], state["lengths"], state["finished"], state["scores"]
     last_step = i >= max_length
     if use_attention:
-      attention = attention_scores(tokens, lengths)
+      logits, cache = decoder.step(state["last"].reshape(-1), state["cache"], context, i)
+      attention = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, beam, -1)
       vocab_size = attention.shape[-1]
     else:
       vocab_size = vocab
@@ -194,6 +240,8 @@ def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int
                            _gather(tokens, b_index, hyp))
     new = {"tokens": new_tokens, "lengths": old_lengths + extends.astype(jnp.int32),
            "finished": was_finished | (token == sos_eos), "scores": new_scores}
+    if use_attention:
+      new["last"] = token
     if use_ctc:
       new["ctc_r"] = jnp.moveaxis(jnp.moveaxis(r, 0, 3)[b_index, hyp, choice], 2, 0)
       new["ctc_psi"] = psi[b_index, hyp, choice]
@@ -210,6 +258,10 @@ def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int
     for key, value in new.items():
       keep = frozen.reshape((batch,) + (1,) * (value.ndim - 1)) if key != "ctc_r" else frozen[None, :, None, None]
       new[key] = jnp.where(keep, state[key], value)
+    if use_attention:
+      # Not frozen with the rest: a frozen utterance's attention scores are never used again.
+      rows = (b_index * beam + hyp).reshape(-1)
+      new["cache"] = jax.tree.map(lambda leaf: leaf[rows], cache)
     new["done"] = frozen | done
     new["step"] = i + 1
     return new
@@ -219,6 +271,9 @@ def beam_search(decode_fn, encoded, encoded_lengths, ctc_log_probs, *, beam: int
            "finished": jnp.zeros((batch, beam), bool),
            "scores": jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)[None].repeat(batch, axis=0),
            "done": jnp.zeros((batch,), bool), "step": jnp.asarray(0, jnp.int32)}
+  if use_attention:
+    state["last"] = jnp.full((batch, beam), sos_eos, jnp.int32)
+    state["cache"] = cache
   if use_ctc:
     frames = ctc_log_probs.shape[1]
     state["ctc_r"] = jnp.broadcast_to(ctc_initial_state(ctc_log_probs, lengths_in, blank=blank)[:, :, None],

@@ -1,9 +1,12 @@
-"""CTC on the device: the joint-training loss with impossible pairs masked, and greedy decoding with the
-frame of each emitted token (for word timestamps).
+"""CTC on the device: the joint-training loss with impossible pairs masked, greedy decoding with the
+frames of each emitted token, and the Viterbi (forced) alignment of given tokens (both for word timestamps).
 
 Conventions (ESPnet's, and `afx.text`'s): id 0 is the blank and the padding of label arrays.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -60,3 +63,66 @@ def collapse(frame_tokens, frame_lengths, *, blank_id: int = 0):
 def greedy_decode(logits, logit_lengths, *, blank_id: int = 0):
   """Best-path CTC decoding of `logits [batch, frames, vocab]`: `collapse` of the per-frame argmax."""
   return collapse(jnp.argmax(logits, axis=-1).astype(jnp.int32), logit_lengths, blank_id=blank_id)
+
+
+def _shift(values, by: int, fill):
+  """`values [batch, n]` moved `by` places right along the last axis, `fill` in the places it leaves."""
+  return jnp.concatenate([jnp.full((values.shape[0], by), fill, values.dtype), values], axis=1)[:, :values.shape[1]]
+
+
+def _extended_labels(tokens, *, blank_id: int):
+  """`[batch, 2L + 1]` the CTC states of each label row `tokens [batch, L]` (blank, y1, blank, y2, ..., blank)
+  and whether each state may be entered from two states back (a label that differs from the one before it)."""
+  batch, length = tokens.shape
+  labels = jnp.full((batch, 2 * length + 1), blank_id, tokens.dtype).at[:, 1::2].set(tokens)
+  return labels, (jnp.arange(2 * length + 1) % 2 == 1) & (labels != _shift(labels, 2, -1))
+
+
+@functools.partial(jax.jit, static_argnames="blank_id")
+def forced_align(log_probs, lengths, tokens, token_lengths, *, blank_id: int = 0):
+  """The most likely CTC alignment (Viterbi) of `tokens [batch, L]` (valid before `token_lengths`) to
+  `log_probs [batch, frames, vocab]` (log-posteriors, valid before `lengths`).
+
+  Returns `(first [batch, L], last [batch, L])` int32: the first and last frame each token occupies in that
+  alignment, −1 after each row's tokens, as `greedy_decode` gives them.  A row whose tokens cannot fit its
+  frames (`min_frames` > frames) has no alignment: all −1.  Ties go to the earlier state (stay, then +1,
+  then +2; the final blank over the final label).
+  """
+  batch, frames, _ = log_probs.shape
+  length = tokens.shape[1]
+  lengths, token_lengths = jnp.asarray(lengths, jnp.int32), jnp.asarray(token_lengths, jnp.int32)
+  labels, skip = _extended_labels(jnp.asarray(tokens, jnp.int32), blank_id=blank_id)
+  emissions = jnp.take_along_axis(log_probs.astype(jnp.float32), labels[:, None, :], axis=2)  # [b, T, S]
+
+  def frame(alpha, inputs):
+    emission, t = inputs
+    two_back = jnp.where(skip, _shift(alpha, 2, -jnp.inf), -jnp.inf)
+    candidates = jnp.stack([alpha, _shift(alpha, 1, -jnp.inf), two_back])  # [3, b, S]: stay, +1, +2
+    step = jnp.argmax(candidates, axis=0).astype(jnp.int32)
+    new = jnp.max(candidates, axis=0) + emission
+    return jnp.where((t < lengths)[:, None], new, alpha), step
+
+  # Before frame 0 the path sits in a virtual state whose successors are states 0 and 1: state 0 at 0.
+  start = jnp.where(jnp.arange(2 * length + 1) == 0, 0.0, -jnp.inf)[None].repeat(batch, axis=0)
+  alpha, steps = jax.lax.scan(frame, start, (jnp.moveaxis(emissions, 1, 0), jnp.arange(frames)))
+  rows = jnp.arange(batch)
+  final_blank, final_label = 2 * token_lengths, jnp.maximum(2 * token_lengths - 1, 0)
+  use_label = (token_lengths > 0) & (alpha[rows, final_label] > alpha[rows, final_blank])
+  end = jnp.where(use_label, final_label, final_blank)
+  best = alpha[rows, end]
+
+  def back(state, inputs):
+    step, t = inputs
+    valid = t < lengths
+    return jnp.where(valid, state - step[rows, state], state), jnp.where(valid, state, -1)
+
+  _, path = jax.lax.scan(back, end, (steps, jnp.arange(frames)), reverse=True)  # [T, b]: state per frame
+  path = path.T
+  on_token = (path >= 0) & (path % 2 == 1)
+  slot = jnp.where(on_token, path // 2, length)  # blank frames go to a spare column, cut off below
+  positions = jnp.broadcast_to(jnp.arange(frames, dtype=jnp.int32), (batch, frames))
+  first = jnp.full((batch, length + 1), frames, jnp.int32).at[rows[:, None], slot].min(positions)[:, :length]
+  last = jnp.full((batch, length + 1), -1, jnp.int32).at[rows[:, None], slot].max(positions)[:, :length]
+  possible = (min_frames(tokens, token_lengths) <= lengths) & jnp.isfinite(best)
+  keep = possible[:, None] & valid_mask(token_lengths, length)
+  return jnp.where(keep, first, -1), jnp.where(keep, last, -1)

@@ -133,8 +133,8 @@ class MultiHeadAttention(nn.Module):
       return project(attended)
     position = positions[0]
     slot = position % cache["position"].shape[0]
-    cache = {"key": cache["key"].at[:, slot].set(k[:, 0].astype(cache["key"].dtype)),
-             "value": cache["value"].at[:, slot].set(v[:, 0].astype(cache["value"].dtype)),
+    write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), slot, axis=1)
+    cache = {"key": write(cache["key"], k), "value": write(cache["value"], v),
              "position": cache["position"].at[slot].set(position)}
     visible = (cache["position"] >= 0) & (cache["position"] <= position)
     if self.window is not None:

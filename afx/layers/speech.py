@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from afx.audio import kaldi
 from afx.errors import ConfigError
 
-NORMALIZATIONS = ("utterance", "none")
+NORMALIZATIONS = ("utterance", "global", "none")
 
 
 def valid_mask(lengths, size: int):
@@ -64,6 +64,14 @@ def utterance_normalize(features, lengths, epsilon: float = 1e-5):
   return jnp.where(mask, (features - mean) * jax.lax.rsqrt(variance + epsilon), 0.0)
 
 
+def global_normalize(features, lengths, mean, std):
+  """`(features − mean) / std` per bin with statistics of the training split (ESPnet's `global_mvn`); padding
+  stays zero."""
+  mask = valid_mask(lengths, features.shape[1])[..., None]
+  mean, std = jnp.asarray(mean, features.dtype), jnp.asarray(std, features.dtype)
+  return jnp.where(mask, (features - mean) / std, 0.0)
+
+
 def _mask_spans(rng, lengths, size: int, *, count: int, max_width):
   """`[batch, size]` bool: `count` spans per row of width uniform in [0, max_width] (per row), each starting
   uniformly inside the row's `lengths`."""
@@ -104,32 +112,53 @@ def subsampled_lengths(lengths, *, layers: int = 2):
 
 class Conv2dSubsampling(nn.Module):
   """Two 3×3 convolutions of stride 2 over (time, bins) with ReLU (optionally BatchNorm, as Speech-Transformer's),
-  then a dense projection of channels × bins to `features`: time ×4 shorter (ESPnet's `conv2d` input layer)."""
+  then a dense projection of channels × bins to `features`: time ×4 shorter (ESPnet's `conv2d` input layer).
+
+  `__call__` is `project(*convolve(x, lengths))`; a model that works on the convolutions' maps in between
+  (Speech-Transformer's 2D-attention) calls the two halves itself.
+  """
   features: int
   channels: int = 64
   batch_norm: bool = False
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    conv = lambda: nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype)
+    self.conv0, self.conv1 = conv(), conv()
+    if self.batch_norm:
+      self.norm0, self.norm1 = nn.BatchNorm(dtype=self.dtype), nn.BatchNorm(dtype=self.dtype)
+    self.project = nn.Dense(self.features, dtype=self.dtype)
+
+  def convolve(self, x, lengths, *, train: bool = False):
+    """`x [batch, frames, bins]` with `lengths` → the maps `[batch, frames', bins', channels]`, zero past the
+    new lengths, and `lengths'`."""
+    y = x[..., None].astype(self.dtype)
+    for index, conv in enumerate((self.conv0, self.conv1)):
+      y = conv(y)
+      if self.batch_norm:
+        y = (self.norm0, self.norm1)[index](y, use_running_average=not train)
+      y = nn.relu(y)
+    lengths = subsampled_lengths(lengths)
+    return jnp.where(valid_mask(lengths, y.shape[1])[:, :, None, None], y, 0.0), lengths
+
+  def project_maps(self, maps, lengths):
+    """The maps of `convolve` → `[batch, frames', features]`, zero past `lengths`."""
+    y = self.project(maps.reshape(*maps.shape[:2], -1))
+    return jnp.where(valid_mask(lengths, y.shape[1])[..., None], y, 0.0)
+
   def __call__(self, x, lengths, *, train: bool = False):
     """`x [batch, frames, bins]` with `lengths` → `([batch, frames', features], lengths')`."""
-    y = x[..., None].astype(self.dtype)
-    for index in range(2):
-      y = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype, name=f"conv{index}")(y)
-      if self.batch_norm:
-        y = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"norm{index}")(y)
-      y = nn.relu(y)
-    y = y.reshape(*y.shape[:2], -1)
-    lengths = subsampled_lengths(lengths)
-    y = nn.Dense(self.features, dtype=self.dtype, name="project")(y)
-    return jnp.where(valid_mask(lengths, y.shape[1])[..., None], y, 0.0), lengths
+    maps, lengths = self.convolve(x, lengths, train=train)
+    return self.project_maps(maps, lengths), lengths
 
 
 class SpeechFrontEnd(nn.Module):
   """The front end every ASR model shares, as fields of the model (`class Model(SpeechFrontEnd, kw_only=True)`):
 
     sample_rate, num_mel_bins, use_deltas: 25 ms / 10 ms Kaldi filterbanks (Δ and ΔΔ triple the bins).
-    normalization: "utterance" (mean and variance per utterance, ESPnet's `utterance_mvn`) or "none".
+    normalization: "utterance" (mean and variance per utterance, ESPnet's `utterance_mvn`), "global" (the
+      training split's per-bin mean and standard deviation, `feature_stats`, which the `asr` task computes
+      before training: ESPnet's `global_mvn`) or "none".
     spec_augment: in training, zero `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of
       ≤ `time_width` frames (or `time_width_ratio` of each utterance), drawing from the `augment` RNG stream.
   """
@@ -143,19 +172,28 @@ class SpeechFrontEnd(nn.Module):
   time_masks: int = 2
   time_width: int = 40
   time_width_ratio: float | None = None
+  feature_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per bin, for "global"
 
   FRAME_SECONDS = 0.010  # the filterbank's shift
+
+  def raw_features(self, audio, audio_lengths):
+    """Filterbanks (with Δ and ΔΔ if `use_deltas`) before normalisation `[batch, frames, bins]`, frame counts."""
+    x, lengths = filterbank(audio, audio_lengths, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins)
+    return (with_deltas(x, lengths) if self.use_deltas else x), lengths
 
   def features(self, audio, audio_lengths, *, train: bool):
     """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
     if self.normalization not in NORMALIZATIONS:
       raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
                         f"{', '.join(NORMALIZATIONS)}")
-    x, lengths = filterbank(audio, audio_lengths, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins)
-    if self.use_deltas:
-      x = with_deltas(x, lengths)
+    x, lengths = self.raw_features(audio, audio_lengths)
     if self.normalization == "utterance":
       x = utterance_normalize(x, lengths)
+    elif self.normalization == "global":
+      if self.feature_stats is None:
+        raise ConfigError("model.normalization 'global' needs the training split's feature statistics, which an asr "
+                          "run computes into WORKDIR/feature_stats.json before training; train this workdir")
+      x = global_normalize(x, lengths, *self.feature_stats)
     if train and self.spec_augment:
       x = spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks, freq_width=self.freq_width,
                        time_masks=self.time_masks, time_width=self.time_width, time_width_ratio=self.time_width_ratio)

@@ -75,7 +75,11 @@ class TransformerBlock(nn.Module):
 
 class DecoderBlock(nn.Module):
   """x + SelfAttention(LN(x)) (causal); x + CrossAttention(LN(x), memory); x + MLP(LN(x)), with dropout on
-  each residual branch (ESPnet's `DecoderLayer` with `normalize_before`)."""
+  each residual branch (ESPnet's `DecoderLayer` with `normalize_before`).
+
+  `__call__` runs whole (teacher-forced) sequences; `decode_step` runs one position from a self-attention
+  key/value cache (`empty_cache`) and the memory's cross-attention keys/values (`project_memory`), for inference.
+  """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -84,18 +88,44 @@ class DecoderBlock(nn.Module):
   activation: str = "relu"
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.norm_self = nn.LayerNorm(self.layer_norm_epsilon)
+    self.self_attention = MultiHeadAttention(self.num_heads, causal=True, attention_impl=self.attention_impl,
+                                             dtype=self.dtype)
+    self.norm_cross = nn.LayerNorm(self.layer_norm_epsilon)
+    self.cross_attention = MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype)
+    self.norm_mlp = nn.LayerNorm(self.layer_norm_epsilon)
+    self.mlp = MlpBlock(self.mlp_dim, self.dropout_rate, activation=self.activation, dtype=self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
   def __call__(self, x, memory, memory_lengths, *, train: bool, lengths=None):
     """`x [batch, L, d]` (rows valid up to `lengths`) attending to `memory [batch, M, d_m]` valid up to
     `memory_lengths`."""
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    norm = lambda name: nn.LayerNorm(self.layer_norm_epsilon, name=name)
-    self_attention = MultiHeadAttention(self.num_heads, causal=True, attention_impl=self.attention_impl,
-                                        dtype=self.dtype, name="self_attention")
-    x = x + drop(self_attention(norm("norm_self")(x), kv_lengths=lengths))
-    cross_attention = MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype,
-                                         name="cross_attention")
-    x = x + drop(cross_attention(norm("norm_cross")(x), memory=memory, kv_lengths=memory_lengths))
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, activation=self.activation, dtype=self.dtype, name="mlp")(
-        norm("norm_mlp")(x), train=train)
-    return x + drop(y)
+    drop = lambda y: self.dropout(y, deterministic=not train)
+    x = x + drop(self.self_attention(self.norm_self(x), kv_lengths=lengths))
+    x = x + drop(self.cross_attention(self.norm_cross(x), memory=memory, kv_lengths=memory_lengths))
+    return x + drop(self.mlp(self.norm_mlp(x), train=train))
+
+  def empty_cache(self, batch: int, slots: int, features: int) -> dict:
+    """Self-attention keys and values of no position yet: `{"key", "value"}`, each zeros
+    `[batch, slots, heads, features / heads]` (`slots` positions can be decoded)."""
+    zeros = jnp.zeros((batch, slots, self.num_heads, features // self.num_heads), self.dtype)
+    return {"key": zeros, "value": zeros}
+
+  def project_memory(self, memory) -> dict:
+    """Cross-attention keys and values of `memory [batch, M, d_m]`, `{"key", "value"}` each
+    `[batch, M, heads, head_dim]`: computed once, read by every `decode_step`."""
+    return self.cross_attention.project_memory(memory)
+
+  def decode_step(self, x, cache, memory_kv, memory_lengths, step):
+    """One position: `x [batch, 1, d]` at position `step` (int32 scalar, may be traced), `cache` holding the
+    self-attention keys/values of positions 0..step − 1 in its first slots (`empty_cache` at step 0),
+    `memory_kv` from `project_memory` valid up to `memory_lengths [batch]`.  Returns `(y [batch, 1, d], cache)`
+    with this position's keys/values written into slot `step`; y is `__call__`'s row `step` (no dropout)."""
+    slots = jnp.arange(cache["key"].shape[1])
+    # MultiHeadAttention's cache marks filled slots by position (−1: empty); slot j holds position j.
+    y, cache = self.self_attention(self.norm_self(x), positions=jnp.reshape(step, (1,)),
+                                   cache={**cache, "position": jnp.where(slots < step, slots, -1)})
+    x = x + y
+    x = x + self.cross_attention(self.norm_cross(x), memory_kv=memory_kv, kv_lengths=memory_lengths)
+    return x + self.mlp(self.norm_mlp(x), train=False), {"key": cache["key"], "value": cache["value"]}

@@ -18,7 +18,8 @@ read [state; context]).  The token embedding is `decoder_units` wide, as ESPnet'
 Initialisation follows ESPnet's `init_like_chainer`: LeCun-normal weights, zero biases, N(0, 1) embeddings and
 a forget-gate bias of 1 in the decoder's LSTMs.  Each BLSTM runs both directions in one `lax.scan`, the backward
 one on each row reversed within its own length (`flax.linen.recurrent.flip_sequences`), so padding never reaches a
-valid frame; the decoder steps run in one `nn.scan`.
+valid frame; the decoder steps run in one `nn.scan` (or one at a time from the LSTM and attention state,
+`init_decode_cache` / `decode_step`, in beam search).
 
 Differences from ESPnet: dropout (off by default, as ESPnet's) is applied in training only, where ESPnet's
 encoder applies its `F.dropout` at inference too; the CTC head has no dropout; a zero-length row (a batch's
@@ -149,7 +150,9 @@ class LocationAttention(nn.Module):
 
 
 class _DecoderStep(nn.Module):
-  """One teacher-forced step of ESPnet's `Decoder.forward` (see the module docstring), scanned over tokens."""
+  """One step of ESPnet's `Decoder` (see the module docstring): `carry = (states, weights)`, the LSTM layers'
+  `(cell, hidden)` `[b, units]` and the last attention weights `[b, T]`, and the step's embedded token `[b, e]`
+  → `(carry, (the last layer's output [b, units], weights))`; scanned over the tokens in teacher forcing."""
   layers: int
   units: int
   att_dim: int
@@ -157,13 +160,12 @@ class _DecoderStep(nn.Module):
   conv_filts: int
   scaling: float
   dropout_rate: float
-  train: bool
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, carry, embedded, encoded, keys, mask):
+  def __call__(self, carry, embedded, encoded, keys, mask, *, train: bool = False):
     states, weights = carry
-    drop = lambda value: nn.Dropout(self.dropout_rate)(value, deterministic=not self.train)
+    drop = lambda value: nn.Dropout(self.dropout_rate)(value, deterministic=not train)
     context, weights = LocationAttention(self.att_dim, self.conv_channels, self.conv_filts, self.scaling,
                                          dtype=self.dtype, name="att")(encoded, keys, mask, drop(states[0][1]), weights)
     x = jnp.concatenate([embedded, context.astype(embedded.dtype)], axis=-1)
@@ -178,8 +180,9 @@ class _DecoderStep(nn.Module):
 
 
 class AttentionDecoder(nn.Module):
-  """ESPnet's RNN `Decoder` with AttLoc, teacher-forced: `tokens [b, L]` (`<sos/eos>` first) over `encoded
-  [b, T, eprojs]` with `encoded_lengths` → `(logits [b, L, vocab], attention weights [b, L, T])`."""
+  """ESPnet's RNN `Decoder` with AttLoc.  Teacher-forced (`__call__`): `tokens [b, L]` (`<sos/eos>` first) over
+  `encoded [b, T, eprojs]` with `encoded_lengths` → `(logits [b, L, vocab], attention weights [b, L, T])`.
+  One token at a time (`start`, then `decode_step`), for inference."""
   vocab_size: int
   layers: int = 1
   units: int = 300
@@ -191,24 +194,42 @@ class AttentionDecoder(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, tokens, encoded, encoded_lengths, *, train: bool = False):
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim or self.units, embedding_init=nn.initializers.normal(1.0))
+    self.att_mlp_enc = nn.Dense(self.att_dim, dtype=self.dtype)
+    self.step = _DecoderStep(self.layers, self.units, self.att_dim, self.conv_channels, self.conv_filts, self.scaling,
+                             self.dropout_rate, dtype=self.dtype)
+    self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def start(self, encoded, encoded_lengths):
+    """`(carry, context)` before the first token.  carry: zero LSTM states `[b, units]` and the first step's
+    previous attention weights `[b, T]`, uniform over each row's valid frames.  context: what every step reads,
+    `{"encoded", "keys" (ESPnet's precomputed mlp_enc(encoded)) [b, T, att_dim], "mask" [b, T]}`."""
     batch, frames, _ = encoded.shape
     mask = speech.valid_mask(encoded_lengths, frames)
-    embedded = nn.Embed(self.vocab_size, self.embed_dim or self.units, embedding_init=nn.initializers.normal(1.0),
-                        name="embed")(tokens).astype(self.dtype)
-    embedded = nn.Dropout(self.dropout_rate)(embedded, deterministic=not train)
-    keys = nn.Dense(self.att_dim, dtype=self.dtype, name="att_mlp_enc")(encoded)
     zeros = jnp.zeros((batch, self.units), jnp.float32)
     states = tuple((zeros, zeros) for _ in range(self.layers))
     first = mask / jnp.maximum(jnp.asarray(encoded_lengths), 1).astype(jnp.float32)[:, None]
-    steps = nn.scan(_DecoderStep, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+    return (states, first), {"encoded": encoded, "keys": self.att_mlp_enc(encoded), "mask": mask}
+
+  def __call__(self, tokens, encoded, encoded_lengths, *, train: bool = False):
+    carry, context = self.start(encoded, encoded_lengths)
+    embedded = self.dropout(self.embed(tokens).astype(self.dtype), deterministic=not train)
+    steps = nn.scan(lambda step, carry, embedded, encoded, keys, mask: step(carry, embedded, encoded, keys, mask,
+                                                                            train=train),
+                    variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                     in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast), out_axes=1)
-    step = steps(self.layers, self.units, self.att_dim, self.conv_channels, self.conv_filts, self.scaling,
-                 self.dropout_rate, train, dtype=self.dtype, name="step")
-    _, (hidden, weights) = step((states, first), embedded, encoded, keys, mask)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="output")(hidden.astype(self.dtype))
+    _, (hidden, weights) = steps(self.step, carry, embedded, context["encoded"], context["keys"], context["mask"])
+    logits = self.output(hidden.astype(self.dtype))
     return logits.astype(jnp.float32), weights
+
+  def decode_step(self, token, carry, context):
+    """`token [b]` after `carry` (from `start` or the previous step) → `(logits [b, vocab], carry)`, the
+    logits `__call__`'s at this token's position (no dropout)."""
+    embedded = self.embed(token).astype(self.dtype)
+    carry, (hidden, _) = self.step(carry, embedded, context["encoded"], context["keys"], context["mask"])
+    return self.output(hidden.astype(self.dtype)).astype(jnp.float32), carry
 
 
 class RnnSeq2Seq(SpeechRecognizer, kw_only=True):
@@ -269,6 +290,20 @@ class RnnSeq2Seq(SpeechRecognizer, kw_only=True):
     del token_lengths
     logits, weights = self.decoder(tokens, encoded, encoded_lengths, train=train)
     return (logits, weights) if return_attention else logits
+
+  def init_decode_cache(self, encoded, encoded_lengths, slots: int):
+    """What `decode_step` starts from, for `encoded [n, T, projection_units]` valid up to `encoded_lengths [n]`:
+    `(cache, context)`.  cache (one row per hypothesis): the decoder LSTMs' states and the last attention
+    weights (`AttentionDecoder.start`); context (read only): the encoder states, their attention keys and mask.
+    `slots` (the most positions to decode) is not needed: the state does not grow."""
+    del slots
+    return self.decoder.start(encoded, encoded_lengths)
+
+  def decode_step(self, token, cache, context, step):
+    """`decode` one token at a time (inference, no dropout): `token [n]` (`<sos/eos>` first) → `(logits
+    [n, vocab], cache)`, `decode`'s logits at this position.  `step` is not needed: the state carries it."""
+    del step
+    return self.decoder.decode_step(token, cache, context)
 
 
 def _linear(state, prefix, bias=True):

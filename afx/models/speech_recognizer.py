@@ -6,7 +6,9 @@ forward pass, and ESPnet's Transformer decoder.
                             `ctc_head` and `decode` (no `decoder_logits` when `decoder_layers` is 0)
   TransformerDecoderMixin   `decode` through ESPnet's pre-LN Transformer decoder: Embed · √d_model + sinusoids →
                             `DecoderBlock`s (causal self-attention, cross-attention to the encoder states) →
-                            LayerNorm → Dense(vocab); its modules come from `transformer_decoder(mlp_dim)` in setup
+                            LayerNorm → Dense(vocab); its modules come from `transformer_decoder(mlp_dim)` in setup;
+                            `init_decode_cache` / `decode_step` run it one token at a time from a key/value cache
+                            (what `afx.decoding.beam_search` calls)
 """
 
 import math
@@ -46,14 +48,42 @@ class TransformerDecoderMixin:
     self.decoder_norm = nn.LayerNorm(1e-12)
     self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
 
-  def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False):
-    """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first)."""
+  def _check_decoder(self) -> None:
     if not self.decoder_layers:
       raise ConfigError(f"this {type(self).__name__} has no decoder (decoder_layers=0): decode with CTC, or set "
                         "model.decoder_layers")
+
+  def _embed_tokens(self, tokens, positions):
+    """Embed · √d_model + the sinusoids of `positions`: `tokens [batch, L]` → `[batch, L, d_model]`."""
     x = self.embed(tokens).astype(self.dtype) * math.sqrt(self.d_model)
-    x = self.dropout(x + sinusoidal_encoding(jnp.arange(x.shape[1]), self.d_model).astype(x.dtype),
-                     deterministic=not train)
+    return x + sinusoidal_encoding(positions, self.d_model).astype(x.dtype)
+
+  def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False):
+    """Next-token logits `[batch, L, vocab]` after each prefix of `tokens [batch, L]` (`<sos/eos>` first)."""
+    self._check_decoder()
+    x = self.dropout(self._embed_tokens(tokens, jnp.arange(tokens.shape[1])), deterministic=not train)
     for block in self.decoder_blocks:
       x = block(x, encoded, encoded_lengths, train=train, lengths=token_lengths)
     return self.output(self.decoder_norm(x)).astype(jnp.float32)
+
+  def init_decode_cache(self, encoded, encoded_lengths, slots: int):
+    """What `decode_step` starts from, for `encoded [n, M, d_model]` valid up to `encoded_lengths [n]`:
+    `(cache, context)`.  cache (one row per hypothesis): per decoder block the self-attention keys and values
+    `{"key", "value"}` `[n, slots, heads, d_model / heads]`, zeros (positions 0..slots − 1 can be decoded).
+    context (read only): `{"memory": per block the cross-attention keys/values of encoded, "memory_lengths"}`."""
+    self._check_decoder()
+    cache = [block.empty_cache(encoded.shape[0], slots, self.d_model) for block in self.decoder_blocks]
+    context = {"memory": [block.project_memory(encoded) for block in self.decoder_blocks],
+               "memory_lengths": jnp.asarray(encoded_lengths, jnp.int32)}
+    return cache, context
+
+  def decode_step(self, token, cache, context, step):
+    """`decode` one position at a time (inference, no dropout): `token [n]` at position `step` (int32 scalar,
+    `<sos/eos>` at 0) with `cache` holding positions 0..step − 1 → `(logits [n, vocab], cache)`, the logits
+    `decode`'s at row `step` of the same prefix."""
+    x = self._embed_tokens(token[:, None], jnp.reshape(step, (1,)))
+    new_cache = []
+    for block, layer_cache, memory_kv in zip(self.decoder_blocks, cache, context["memory"]):
+      x, layer_cache = block.decode_step(x, layer_cache, memory_kv, context["memory_lengths"], step)
+      new_cache.append(layer_cache)
+    return self.output(self.decoder_norm(x))[:, 0].astype(jnp.float32), new_cache

@@ -23,12 +23,15 @@ search on the device (`afx.decoding.beam_search`) with the config's `decoding` g
 `length_penalty`), scored as `wer`, `cer` and `utterances` (`beam_metrics`).
 
 Serving (`run.py transcribe`): `transcription_rows` decodes a batch of audio chunks on the device (the
-model's `encode` and `ctc_logits`, greedy CTC with each token's first and last frame) and `transcript`
-turns a file's rows into its text and words with start and end times from the CTC alignment (the
-model's `frame_seconds` per encoder frame).
+model's `encode` and `ctc_logits`, greedy CTC with each token's first and last frame), or
+`beam_transcription_rows` (`--beam`: the joint beam search's best hypothesis, its tokens' frames from the
+Viterbi CTC alignment, `afx.decoding.ctc.forced_align`), and `transcript` turns a file's rows into its
+text and words with start and end times from the CTC alignment (the model's `frame_seconds` per encoder
+frame).
 """
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -44,6 +47,8 @@ from afx.text import (SPACE, build_tokenizer, character_error_rate, load_tokeniz
 from data_pipelines.utterances import Utterances
 
 TOKENIZER_FILE = "tokenizer.json"
+FEATURE_STATS_FILE = "feature_stats.json"
+STATS_UTTERANCES = 10_000  # utterances (evenly spaced over the training split) behind the global statistics
 WORD_START = "\u2581"  # sentencepiece's mark of a piece that begins a word
 
 
@@ -72,6 +77,7 @@ class SpeechRecognitionTask:
   max_tokens: int
   ctc_weight: float = 0.3
   label_smoothing: float = 0.1
+  feature_stats: tuple | None = None  # (mean, std) per feature bin over the training split (`feature_statistics`)
   headline_metric = "ctc_greedy_wer"
 
   def __post_init__(self):
@@ -82,15 +88,29 @@ class SpeechRecognitionTask:
 
   @classmethod
   def prepare(cls, config, dataset, workdir: str) -> None:
-    """Build the tokenizer from the training split's transcripts into `workdir` unless it is there."""
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path) or jax.process_index() != 0:
+    """Build the tokenizer from the training split's transcripts into `workdir` unless it is there, and, for
+    a model with `normalization: global`, the training split's feature statistics (`feature_statistics`)."""
+    if jax.process_index() != 0:
       return
-    options = dict(config.tokenizer)
-    kind = options.pop("kind", "characters")
+    path = os.path.join(workdir, TOKENIZER_FILE)
     source = dataset.source(config.data.train_split)
-    texts = [_text(source[i]["text"]) for i in range(len(source))]
-    build_tokenizer(kind, texts, **options).save(workdir)
+    if not os.path.exists(path):
+      options = dict(config.tokenizer)
+      kind = options.pop("kind", "characters")
+      texts = [_text(source[i]["text"]) for i in range(len(source))]
+      build_tokenizer(kind, texts, **options).save(workdir)
+    stats_path = os.path.join(workdir, FEATURE_STATS_FILE)
+    if config.model.get("normalization") == "global" and not os.path.exists(stats_path):
+      from afx import models  # the task builds the model's front end only to measure its features
+      task = cls.from_config(config, dataset.info, {}, workdir)
+      front_end = models.build_model({**config.model, "normalization": "none"}, **task.model_kwargs(),
+                                     sample_rate=dataset.info.sample_rate)
+      stats = feature_statistics(front_end, source, task.eval_batching, batch_size=config.get("eval_batch_size") or
+                                 config.batch_size)
+      os.makedirs(workdir, exist_ok=True)
+      with open(stats_path + ".tmp", "w") as f:
+        json.dump(stats, f)
+      os.replace(stats_path + ".tmp", stats_path)
 
   @classmethod
   def from_config(cls, config, info, upstream, workdir: str | None = None):
@@ -99,17 +119,24 @@ class SpeechRecognitionTask:
                         "train this workdir first")
     data = config.data
     buckets = tuple(round(seconds * info.sample_rate) for seconds in data.bucket_seconds)
+    stats_path = os.path.join(workdir, FEATURE_STATS_FILE)
+    stats = None
+    if os.path.exists(stats_path):
+      with open(stats_path) as f:
+        saved = json.load(f)
+      stats = (tuple(saved["mean"]), tuple(saved["std"]))
     return cls(load_tokenizer(workdir), buckets, int(data.max_tokens), ctc_weight=float(config.ctc_weight),
-               label_smoothing=float(config.label_smoothing))
+               label_smoothing=float(config.label_smoothing), feature_stats=stats)
 
   @property
   def batching(self) -> Utterances:
-    return Utterances(self.bucket_samples, self.max_tokens, encode_text=self.tokenizer.encode)
+    return Utterances(self.bucket_samples, self.max_tokens, encode_text=self.tokenizer.encode,
+                      unknown_characters=self.tokenizer.unknown_characters)
 
   train_batching = eval_batching = batching
 
   def model_kwargs(self) -> dict:
-    return {"vocab_size": self.tokenizer.vocab_size}
+    return {"vocab_size": self.tokenizer.vocab_size, "feature_stats": self.feature_stats}
 
   def example_inputs(self) -> tuple:
     audio = np.zeros((1, self.bucket_samples[0]), np.float32)
@@ -190,17 +217,46 @@ class SpeechRecognitionTask:
     tokens, counts, first, last = ctc.greedy_decode(logits, lengths, blank_id=self.tokenizer.blank_id)
     return {"tokens": tokens, "lengths": counts, "first": first, "last": last, "index": batch["index"]}
 
+  def _best_hypotheses(self, model, variables, batch, *, beam: int, ctc_weight: float, length_penalty: float):
+    """`(tokens [b, max_tokens], counts [b], ctc_logits, encoder lengths)`: the best hypothesis of joint
+    CTC/attention beam search (the decoder's key/value cache where the model has one) for each row of `batch`."""
+    if ctc_weight < 1.0 and not getattr(model, "decoder_layers", 1):
+      raise ConfigError(f"this {type(model).__name__} has no decoder (decoder_layers=0), so beam search can "
+                        f"score by CTC only: pass --ctc-weight 1 (got {ctc_weight})")
+    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    ctc_logits = model.apply(variables, encoded, method="ctc_logits")
+    decoder = beam_search.model_decoder(model, variables) if ctc_weight < 1.0 else None
+    tokens, counts, _ = beam_search.beam_search(
+        decoder, encoded, lengths, ctc_logits, beam=beam, max_length=self.max_tokens,
+        sos_eos=self.tokenizer.sos_eos_id, ctc_weight=ctc_weight, length_penalty=length_penalty,
+        blank=self.tokenizer.blank_id)
+    return tokens[:, 0], counts[:, 0], ctc_logits, lengths
+
+  def beam_transcription_rows(self, model, variables, batch, *, beam: int, ctc_weight: float,
+                              length_penalty: float = 0.0) -> dict:
+    """`transcription_rows` by joint CTC/attention beam search, jitted: the best hypothesis of each chunk, its
+    length, and the first and last encoder frame of each of its tokens in its Viterbi CTC alignment
+    (`afx.decoding.ctc.forced_align`; −1 where the hypothesis cannot be aligned to the chunk's frames)."""
+    tokens, counts, ctc_logits, lengths = self._best_hypotheses(model, variables, batch, beam=beam,
+                                                                ctc_weight=ctc_weight, length_penalty=length_penalty)
+    first, last = ctc.forced_align(jax.nn.log_softmax(ctc_logits, axis=-1), lengths, tokens, counts,
+                                   blank_id=self.tokenizer.blank_id)
+    return {"tokens": tokens, "lengths": counts, "first": first, "last": last, "index": batch["index"]}
+
   def words(self, tokens, first, last, *, frame_seconds: float, offset: float = 0.0) -> list[dict]:
     """`[{"word", "start", "end"}]` of one chunk's emitted ids with their first and last frames; a word ends
-    at a `<space>` token or where a sentencepiece piece begins a new word."""
+    at a `<space>` token or where a sentencepiece piece begins a new word.  Frames of −1 (tokens with no
+    alignment) give a start and end of None."""
     words, current = [], []
 
     def flush():
       if current:
         text = self.tokenizer.decode(np.asarray([token for token, _, _ in current])).strip()
         if text:
-          words.append({"word": text, "start": round(offset + current[0][1] * frame_seconds, 3),
-                        "end": round(offset + (current[-1][2] + 1) * frame_seconds, 3)})
+          start, end = current[0][1], current[-1][2]
+          aligned = start >= 0 and end >= 0
+          words.append({"word": text, "start": round(offset + start * frame_seconds, 3) if aligned else None,
+                        "end": round(offset + (end + 1) * frame_seconds, 3) if aligned else None})
         current.clear()
 
     for token, start, end in zip(np.asarray(tokens).tolist(), np.asarray(first).tolist(), np.asarray(last).tolist()):
@@ -224,17 +280,9 @@ class SpeechRecognitionTask:
   def beam_rows(self, model, variables, batch, *, beam: int, ctc_weight: float, length_penalty: float = 0.0) -> dict:
     """The best hypothesis of joint CTC/attention beam search for every utterance of `batch`, jitted:
     `{"hypothesis" [b, max_tokens], "hypothesis_lengths", "tokens", "token_lengths", "index"}`."""
-    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
-    ctc_logits = model.apply(variables, encoded, method="ctc_logits")
-
-    def decode(tokens, token_lengths, memory, memory_lengths):
-      return model.apply(variables, tokens, token_lengths, memory, memory_lengths, method="decode")
-
-    tokens, token_lengths, _ = beam_search.beam_search(
-        decode if ctc_weight < 1.0 else None, encoded, lengths, ctc_logits, beam=beam, max_length=self.max_tokens,
-        sos_eos=self.tokenizer.sos_eos_id, ctc_weight=ctc_weight, length_penalty=length_penalty,
-        blank=self.tokenizer.blank_id)
-    return {"hypothesis": tokens[:, 0], "hypothesis_lengths": token_lengths[:, 0], "tokens": batch["tokens"],
+    tokens, counts, _, _ = self._best_hypotheses(model, variables, batch, beam=beam, ctc_weight=ctc_weight,
+                                                 length_penalty=length_penalty)
+    return {"hypothesis": tokens, "hypothesis_lengths": counts, "tokens": batch["tokens"],
             "token_lengths": batch["token_lengths"], "index": batch["index"]}
 
   def beam_metrics(self, rows: dict[str, np.ndarray]) -> dict:
@@ -245,3 +293,88 @@ class SpeechRecognitionTask:
     return {"wer": word_error_rate(references, hypotheses), "cer": character_error_rate(references, hypotheses),
             "utterances": int(keep.sum())}
 
+
+class _Every:
+  """The records of `source` at `indices`, as a sequence."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def feature_statistics(front_end, source, batching: Utterances, *, batch_size: int,
+                       max_utterances: int = STATS_UTTERANCES) -> dict:
+  """`{"mean", "std", "utterances", "frames"}`: the per-bin mean and standard deviation of `front_end`'s
+  `raw_features` (a speech model's filterbanks before normalisation) over the valid frames of up to
+  `max_utterances` records of `source`, evenly spaced, batched by `batching`'s buckets (ESPnet's
+  `collect_stats`, from which its `global_mvn` reads)."""
+  if len(source) > max_utterances:
+    source = _Every(source, np.linspace(0, len(source) - 1, max_utterances).round().astype(np.int64))
+  features = jax.jit(lambda audio, lengths: front_end.apply({}, audio, lengths, method="raw_features"))
+  total = squares = None
+  frames = 0
+  for batch in batching.evaluate(source, batch_size=batch_size):
+    x, lengths = (np.asarray(a, np.float64) for a in features(batch["audio"], batch["audio_lengths"]))
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    sums, sums_of_squares = x[valid].sum(axis=0), np.square(x[valid]).sum(axis=0)
+    total = sums if total is None else total + sums
+    squares = sums_of_squares if squares is None else squares + sums_of_squares
+    frames += int(valid.sum())
+  if not frames:
+    raise ConfigError("the training split has no frames to measure the feature statistics on")
+  mean = total / frames
+  std = np.sqrt(np.maximum(squares / frames - np.square(mean), 1e-10))
+  return {"mean": mean.tolist(), "std": std.tolist(), "utterances": len(source), "frames": frames}
+
+
+# The recipe the ASR tables share (`experiments/dong_2018_speech_transformer.py`, `gulati_2020_conformer.py`,
+# `karita_2019_transformer_vs_rnn.py`): ESPnet's hybrid CTC/attention defaults at paper scale, and a
+# minutes-long run on the embedded `synth_speech` corpus at tiny scale.
+TINY_DATA = dict(name="synth_speech", train_split="train", eval_split="validation", test_split="test",
+                 bucket_seconds=(3.0, 4.5, 6.5), max_tokens=90)
+
+
+def recipe_config(model: dict, *, tiny: bool, data: dict | None = None, optimizer: dict | None = None,
+                  decoding: dict | None = None, tokenizer: dict | None = None, **run):
+  """An `asr` run's config: `model` (its `name` and options), the data group (`TINY_DATA` at tiny scale,
+  else `data`, which must name the dataset and its splits), the optimiser (AdamW, Noam at paper scale,
+  cosine at tiny scale), joint CTC/attention decoding with beam 10 as the final test evaluation, the
+  tokenizer (lower-case characters unless `tokenizer` says otherwise), and any top-level key in `run`
+  (`batch_size`, `total_steps`, `ctc_weight`, ...); each dict updates its group's defaults."""
+  import ml_collections  # the config library is a dependency of experiment files, not of the task
+
+  config = ml_collections.ConfigDict()
+  config.task = "asr"
+  config.seed = 0
+  config.batch_size = 16 if tiny else 32
+  config.eval_batch_size = 64 if tiny else 32
+  config.total_steps = 1200 if tiny else 150_000
+  config.log_every = 50 if tiny else 500
+  config.checkpoint_every = 600 if tiny else 5000
+  config.keep_checkpoints = 2 if tiny else 10
+  config.average_checkpoints = 0 if tiny else 10
+  config.eval_every = 0
+  config.attention_impl = None
+  config.fsdp = 1
+  config.ctc_weight = 0.3
+  config.label_smoothing = 0.1
+  config.update(run)
+  config.evals = ml_collections.ConfigDict(dict(
+      val=dict(kind="metrics", split="validation", every=600 if tiny else 5000, final=False),
+      beam=dict(kind="beam_search", split="validation", every=0, final=True)))
+  config.decoding = ml_collections.ConfigDict({**dict(beam=10, ctc_weight=0.3, length_penalty=0.0), **(decoding or {})})
+  config.tokenizer = ml_collections.ConfigDict(tokenizer or dict(kind="characters", case="lower"))
+  config.data = ml_collections.ConfigDict(dict(
+      data_dir=None, manual_dir=None, folder=None, num_threads=4, builder_kwargs=ml_collections.ConfigDict(),
+      **{**(TINY_DATA if tiny else dict(bucket_seconds=(5.0, 10.0, 15.0, 20.0, 35.0), max_tokens=400)), **(data or {})}))
+  config.model = ml_collections.ConfigDict(dict(model))
+  config.optimizer = ml_collections.ConfigDict({**dict(
+      name="adamw", learning_rate=5e-3 if tiny else 2e-3, b1=0.9, b2=0.98, weight_decay=0.0 if tiny else 1e-6,
+      schedule="cosine" if tiny else "noam", warmup_steps=150 if tiny else 25_000, end_factor=0.0,
+      grad_clip_norm=5.0), **(optimizer or {})})
+  return config

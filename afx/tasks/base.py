@@ -8,6 +8,8 @@ command-line verbs that need them look for them (`require`), never for a task's 
   clip_scores(rows)                       `[classes]` scores of one file from its windows' eval rows (`run.py predict`)
   generate(model, variables, prime, rng, num_samples=, temperature=)   audio from a generative model (`run.py sample`)
   transcription_rows(model, variables, batch)   transcripts of audio chunks on the device (`run.py transcribe`)
+  beam_transcription_rows(model, variables, batch, beam=, ctc_weight=, length_penalty=)   the same by beam
+                                          search (`run.py transcribe --beam`)
 
 A task class registers itself under its task names with `@register_task("name", ...)`; `make_task`
 looks the config's `task` up and calls the class's `from_config(config, info, upstream, workdir)`, with

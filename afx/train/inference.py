@@ -1,6 +1,7 @@
 """Use a trained run from its workdir: evaluate a split, predict labels for audio files, transcribe speech,
 or sample audio."""
 
+import functools
 import json
 import os
 import time
@@ -13,7 +14,7 @@ from afx.audio.io import load_audio, write_audio
 from afx.errors import AudioError, ConfigError
 from afx.tasks import require
 from afx.train.data import open_dataset
-from afx.train.trainer import _host, evaluate_source, load_run
+from afx.train.trainer import _host, decoding_options, evaluate_source, load_run
 from data_pipelines import pipeline
 
 
@@ -107,17 +108,33 @@ def chunk_bounds(audio: np.ndarray, max_samples: int, *, frame: int = 160, searc
   return bounds + [(start, audio.shape[0])]
 
 
-def transcribe(workdir: str, files: Sequence[str], *, group: int = 64) -> Iterator[dict]:
+def transcribe_options(beam: int | None, ctc_weight: float | None) -> None:
+  """Refuse `transcribe`'s beam options unless `beam` ≥ 1 and `ctc_weight` is in [0, 1] and comes with `beam`."""
+  if beam is not None and beam < 1:
+    raise ConfigError(f"--beam must be at least 1, got {beam}")
+  if ctc_weight is not None and not 0.0 <= ctc_weight <= 1.0:
+    raise ConfigError(f"--ctc-weight must be in [0, 1], got {ctc_weight}")
+  if ctc_weight is not None and beam is None:
+    raise ConfigError("--ctc-weight weighs beam search's scores: pass it with --beam K")
+
+
+def transcribe(workdir: str, files: Sequence[str], *, beam: int | None = None, ctc_weight: float | None = None,
+               group: int = 64) -> Iterator[dict]:
   """For each file, `{"file", "text", "words": [{"word", "start", "end"}]}` (times in seconds from the CTC
   alignment), or `{"file", "error"}` if it cannot be read.
 
-  Files longer than the run's longest bucket are cut into chunks between words (`chunk_bounds`); the
-  chunks of up to `group` files at a time are decoded together in batches of `eval_batch_size`, each
-  padded to the run's buckets, so many short files cost few device calls.
+  Greedy CTC, or with `beam` the task's joint CTC/attention beam search (`ctc_weight` and the length
+  penalty from the run's `config.decoding` unless given) with word times from the forced CTC alignment
+  of its best hypothesis.  Files longer than the run's longest bucket are cut into chunks between words
+  (`chunk_bounds`); the chunks of up to `group` files at a time are decoded together in batches of
+  `eval_batch_size`, each padded to the run's buckets, so many short files cost few device calls.
   """
+  transcribe_options(beam, ctc_weight)
   run, state = load_run(workdir)
   rows_of = require(run.task, "transcribe", workdir=workdir, task_name=run.config.task)
   task, model = run.task, run.model
+  if beam is not None:
+    rows_of = _beam_rows_of(run, beam=beam, ctc_weight=ctc_weight)
   step = run.jit_eval(lambda state, batch: rows_of(model, {"params": state.params, **state.model_state}, batch))
   batch_size = run.config.get("eval_batch_size") or run.config.batch_size
   strategy = task.eval_batching
@@ -141,6 +158,16 @@ def transcribe(workdir: str, files: Sequence[str], *, group: int = 64) -> Iterat
     for path in names:
       yield results.get(path) or {"file": path, **task.transcript(per_file.get(path, []),
                                                                   frame_seconds=model.frame_seconds)}
+
+
+def _beam_rows_of(run, *, beam: int, ctc_weight: float | None):
+  """`(model, variables, batch) -> rows`: the task's `beam_transcription_rows` with the run's decoding options."""
+  method = getattr(run.task, "beam_transcription_rows", None)
+  if method is None:
+    raise ConfigError(f"a {run.config.task!r} run has no beam search; transcribe without --beam")
+  options = decoding_options(run.config)
+  weight = options["ctc_weight"] if ctc_weight is None else ctc_weight
+  return functools.partial(method, beam=beam, ctc_weight=float(weight), length_penalty=float(options["length_penalty"]))
 
 
 def _decode_chunks(decode, strategy, chunks: list[np.ndarray], batch_size: int) -> list[dict]:

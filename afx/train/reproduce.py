@@ -1,13 +1,14 @@
 """Rerun a paper's table: train every row of `experiments/TABLE.py` and set afx's numbers beside the paper's.
 
 An experiment file holds configuration only: `get_config(variant)`, `TITLE`, `METRIC` and `ROWS`, a
-dict from row name to `{"label", "paper"[, "paper_params", "metric", "mean_of"]}`.  The variant of a
+dict from row name to `{"label", "paper"[, "paper_params", "paper_COLUMN", "metric", "mean_of"]}`.  The variant of a
 row is `ROW` at paper scale and `ROW,tiny` at tiny scale.  A row's `metric` replaces the table's
 `METRIC` for that row (a table may mix mAP and accuracy rows).  A row with `mean_of` (a list of other
 rows' names) trains nothing: it reports the mean of those rows' numbers, e.g. a cross-validation
 score over one row per held-out fold.  Optional declarations:
 
-  COLUMNS          more result keys shown beside each row's number (`params` and `paper_params` always are)
+  COLUMNS          more result keys shown beside each row's number (`params` and `paper_params` always are);
+                   a `paper_*` column comes from the row's declaration (e.g. the paper's second test set)
   LOWER_IS_BETTER  the metrics for which a lower number is better (e.g. WER); the table marks them ↓
   BASELINES        name → `{"label"}`: rows that the evaluation computes without training; the first
                    row's `eval.json` holds `NAME_METRIC` (and `NAME_COLUMN`) for each
@@ -133,8 +134,7 @@ def reproduce(table: str, *, scale: str, workdir: str, overrides: Iterable[str] 
     entry = {"name": row, "label": info.get("label", row), "metric": row_metric, "better": better(row_metric),
              "afx": results[row_metric], "paper": info.get("paper")}
     entry.update({k: results[k] for k in columns if k in results})
-    if "paper_params" in info:
-      entry["paper_params"] = info["paper_params"]
+    entry.update({k: info[k] for k in columns if k.startswith("paper_") and k in info})
     entries[row] = entry
   for row, members in means.items():
     entries[row] = _mean_entry(row, experiment.ROWS[row], [entries[m] for m in members], columns)
