@@ -3,8 +3,11 @@
 import json
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
+import time
 
 
 def available_bytes() -> int:
@@ -52,6 +55,18 @@ def run_worker(script: str, spec: dict, timeout: float) -> dict:
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_as_worker(spec_json: str, measure_jax, measure_torch) -> None:
+  """The body of `python SCRIPT --worker SPEC`: print the row that `measure_jax` or `measure_torch` (by the spec's
+  `framework`) returns, as the last line of stdout; JAX runs with run.py's host-memory and compiler settings."""
+  spec = json.loads(spec_json)
+  if spec["framework"] == "jax":
+    from afx.host_memory import keep_freed_host_memory
+    from afx.xla_flags import add_cpu_compiler_flags
+    keep_freed_host_memory()  # as run.py does; PyTorch runs as its users run it
+    add_cpu_compiler_flags()
+  print(json.dumps(measure_jax(spec) if spec["framework"] == "jax" else measure_torch(spec)))
+
+
 def write_result(path: str | None, info: dict, rows: list[dict], summary: dict) -> dict:
   """`{"machine", "rows", "summary"}`, written to `path` when given."""
   result = {"machine": info, "rows": rows, "summary": summary}
@@ -60,3 +75,21 @@ def write_result(path: str | None, info: dict, rows: list[dict], summary: dict) 
       json.dump(result, f, indent=2)
       f.write("\n")
   return result
+
+
+def peak_gib(jax_device=None) -> float:
+  if jax_device is not None and jax_device.platform != "cpu":
+    return (jax_device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def timed_steps(step, steps: int) -> dict:
+  """Median and fastest step time, and the minor page faults per step (each costs µs of kernel time)."""
+  times = []
+  faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+  return {"step_s": statistics.median(times), "fastest_step_s": min(times), "minor_faults_per_step": faults // steps}

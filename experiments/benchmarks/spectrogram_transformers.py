@@ -16,15 +16,10 @@ Summary: `passt_s_step_speedup_vs_ast` (AST's step time / PaSST-S's) and `afx_vs
 
 import argparse
 import json
-import resource
-import statistics
 import sys
-import time
 
-from benchmark_common import machine, run_worker, write_result
+from benchmark_common import machine, peak_gib, run_as_worker, run_worker, timed_steps, write_result
 
-from afx.host_memory import keep_freed_host_memory
-from afx.xla_flags import add_cpu_compiler_flags
 
 CLASSES = 527
 PATCHOUT = {"time_patchout": 40, "frequency_patchout": 4}
@@ -34,24 +29,6 @@ MODELS = {
     "afx_passt_n": {"framework": "jax", "name": "passt", "options": {"stride": 16, **PATCHOUT}},
     "torch_ast": {"framework": "torch", "name": "ast", "options": {}},
 }
-
-
-def _peak_gib(jax_device=None) -> float:
-  if jax_device is not None and jax_device.platform != "cpu":
-    return (jax_device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
-
-
-def _timed(step, steps: int) -> dict:
-  """Median and fastest step time, and the minor page faults per step (each costs µs of kernel time)."""
-  times = []
-  faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-  return {"step_s": statistics.median(times), "fastest_step_s": min(times), "minor_faults_per_step": faults // steps}
 
 
 def measure_jax(spec: dict) -> dict:
@@ -91,7 +68,7 @@ def measure_jax(spec: dict) -> dict:
     value.block_until_ready()
 
   run()  # compile
-  return dict(spec, status="ok", **_timed(run, spec["steps"]), peak_gib=_peak_gib(jax.devices()[0]),
+  return dict(spec, status="ok", **timed_steps(run, spec["steps"]), peak_gib=peak_gib(jax.devices()[0]),
               params=sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
@@ -117,7 +94,7 @@ def measure_torch(spec: dict) -> dict:
     optimizer.step()
 
   run()  # warm-up
-  return dict(spec, status="ok", **_timed(run, spec["steps"]), peak_gib=_peak_gib(), threads=torch.get_num_threads(),
+  return dict(spec, status="ok", **timed_steps(run, spec["steps"]), peak_gib=peak_gib(), threads=torch.get_num_threads(),
               params=sum(p.numel() for p in model.parameters()))
 
 
@@ -155,11 +132,7 @@ def main() -> None:
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    spec = json.loads(args.worker)
-    if spec["framework"] == "jax":
-      keep_freed_host_memory()  # as run.py does; PyTorch runs as its users run it
-      add_cpu_compiler_flags()
-    print(json.dumps(measure_jax(spec) if spec["framework"] == "jax" else measure_torch(spec)))
+    run_as_worker(args.worker, measure_jax, measure_torch)
     return
 
   rows = []
