@@ -84,6 +84,25 @@ class RelativePositionAttention(nn.Module):
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name="out")(attended)
 
 
+class DepthwiseConv1D(nn.Module):
+  """`nn.Conv(channels, (kernel_size,), padding="SAME", feature_group_count=channels)` over `[batch, T, channels]`,
+  the same parameters (`kernel [k, 1, channels]`, `bias`) and initialisation, computed as the sum of k shifted,
+  scaled copies of the input: XLA:CPU's grouped convolution takes about 3× as long forward and backward.
+  'SAME' pads (k − 1) // 2 frames before and k // 2 after."""
+  kernel_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels, frames = x.shape[-1], x.shape[1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, 1, channels)).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (channels,)).astype(self.dtype)
+    before = (self.kernel_size - 1) // 2
+    x = x.astype(self.dtype)
+    padded = jnp.pad(x, ((0, 0), (before, self.kernel_size - 1 - before), (0, 0)))
+    return sum(padded[:, i:i + frames] * kernel[i, 0] for i in range(self.kernel_size)) + bias
+
+
 class ConvolutionModule(nn.Module):
   """Dense(2d) → GLU → depthwise conv over time → BatchNorm → Swish → Dense(d) (ESPnet's `ConvolutionModule`;
   its pointwise convolutions are the Dense layers `pointwise_conv1`, `pointwise_conv2`).
@@ -106,8 +125,7 @@ class ConvolutionModule(nn.Module):
     mask = None if lengths is None else valid_mask(lengths, x.shape[1])[..., None]
     if mask is not None:
       y = jnp.where(mask, y, jnp.zeros((), y.dtype))
-    y = nn.Conv(channels, (self.kernel_size,), padding="SAME", feature_group_count=channels, dtype=self.dtype,
-                name="depthwise_conv")(y)
+    y = DepthwiseConv1D(self.kernel_size, dtype=self.dtype, name="depthwise_conv")(y)
     y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon, dtype=self.dtype,
                      name="norm")(y, mask=mask)
     return nn.Dense(channels, dtype=self.dtype, name="pointwise_conv2")(nn.swish(y))
