@@ -25,26 +25,6 @@ class _Parser(argparse.ArgumentParser):
     sys.exit(2)
 
 
-def _at_least_one(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = None
-  if value is None or value < 1:
-    raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
-  return value
-
-
-def _unit_interval(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    value = None
-  if value is None or not 0.0 <= value <= 1.0:
-    raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-  return value
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="run.py", description=__doc__.split("\n\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -65,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
   transcribe = commands.add_parser("transcribe", help="speech recognition: text and word times, one JSON line per file")
   transcribe.add_argument("--workdir", required=True)
   transcribe.add_argument("files", nargs="+")
-  transcribe.add_argument("--beam", type=_at_least_one, default=None, metavar="K",
+  transcribe.add_argument("--beam", type=int, default=None, metavar="K",
                           help="joint CTC/attention beam search of width K instead of greedy CTC")
-  transcribe.add_argument("--ctc-weight", type=_unit_interval, default=None, metavar="W",
+  transcribe.add_argument("--ctc-weight", type=float, default=None, metavar="W",
                           help="CTC's weight in the beam search's score (default: the run's decoding.ctc_weight)")
 
   sample = commands.add_parser("sample", help="generate audio from a next_sample run into a wav file")
@@ -107,8 +87,6 @@ def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
   if overrides and args.command not in ("train", "reproduce", "convert"):
     _Parser(prog=f"run.py {args.command}").error(f"{args.command} takes no --config.KEY=VALUE overrides")
-  if args.command == "transcribe" and args.ctc_weight is not None and args.beam is None:
-    _Parser(prog="run.py transcribe").error("--ctc-weight weighs beam search's scores: pass it with --beam K")
 
   from afx.errors import NonFiniteLossError, UserError
   from afx.host_memory import keep_freed_host_memory

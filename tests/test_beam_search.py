@@ -125,8 +125,9 @@ def _bigram_score(seq, penalty):
 @functools.partial(jax.jit, static_argnames=("decode_fn", "beam", "max_length", "ctc_weight", "length_penalty",
                                              "pre_beam", "early_stop"))
 def _search(encoded, encoded_lengths, ctc_log_probs, **kwargs):
-  return beam_search(kwargs.pop("decode_fn", None), encoded, encoded_lengths, ctc_log_probs, sos_eos=EOS,
-                     **kwargs)
+  decode_fn = kwargs.pop("decode_fn", None)
+  decoder = None if decode_fn is None else full_prefix_decoder(decode_fn)
+  return beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, sos_eos=EOS, **kwargs)
 
 
 def _hypotheses(tokens, lengths, scores):

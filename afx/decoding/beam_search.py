@@ -162,8 +162,8 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
   """Joint CTC/attention beam search (see the module docstring); call it under `jax.jit`.
 
   Args:
-    decoder: a `StepDecoder` (e.g. `model_decoder`), or a teacher-forced `decode_fn` as `full_prefix_decoder`
-      takes; unused, and may be None, when ctc_weight is 1.
+    decoder: a `StepDecoder` (`model_decoder`, or `full_prefix_decoder` of a teacher-forced decoder);
+      unused, and may be None, when ctc_weight is 1.
     encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` the memory the decoder reads; its `init`
       gets each row repeated for the utterance's hypotheses (n = batch × beam rows, utterance-major).
     ctc_log_probs: `[batch, frames, vocab]` CTC log-posteriors (log-softmax applied again, harmlessly);
@@ -177,8 +177,6 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
   use_attention, use_ctc = ctc_weight < 1.0, ctc_weight > 0.0
   if use_attention and decoder is None:
     raise ValueError("a decoder is needed unless ctc_weight is 1")
-  if use_attention and not isinstance(decoder, StepDecoder):
-    decoder = full_prefix_decoder(decoder)
   batch = encoded.shape[0] if encoded is not None else ctc_log_probs.shape[0]
   vocab = ctc_log_probs.shape[-1] if use_ctc else None
   lengths_in = jnp.asarray(encoded_lengths, jnp.int32)

@@ -315,16 +315,19 @@ def feature_statistics(front_end, source, batching: Utterances, *, batch_size: i
   `collect_stats`, from which its `global_mvn` reads)."""
   if len(source) > max_utterances:
     source = _Every(source, np.linspace(0, len(source) - 1, max_utterances).round().astype(np.int64))
-  features = jax.jit(lambda audio, lengths: front_end.apply({}, audio, lengths, method="raw_features"))
-  total = squares = None
+  @jax.jit
+  def batch_sums(audio, audio_lengths):  # on the device: only [bins] sums leave it
+    x, lengths = front_end.apply({}, audio, audio_lengths, method="raw_features")
+    x = jnp.where(valid_mask(lengths, x.shape[1])[..., None], x, 0.0)
+    return jnp.sum(x, axis=(0, 1)), jnp.sum(jnp.square(x), axis=(0, 1)), jnp.sum(lengths)
+
+  total = squares = 0.0
   frames = 0
   for batch in batching.evaluate(source, batch_size=batch_size):
-    x, lengths = (np.asarray(a, np.float64) for a in features(batch["audio"], batch["audio_lengths"]))
-    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
-    sums, sums_of_squares = x[valid].sum(axis=0), np.square(x[valid]).sum(axis=0)
-    total = sums if total is None else total + sums
-    squares = sums_of_squares if squares is None else squares + sums_of_squares
-    frames += int(valid.sum())
+    sums, sums_of_squares, count = batch_sums(batch["audio"], batch["audio_lengths"])
+    total = total + np.asarray(sums, np.float64)  # batches add up on the host in float64
+    squares = squares + np.asarray(sums_of_squares, np.float64)
+    frames += int(count)
   if not frames:
     raise ConfigError("the training split has no frames to measure the feature statistics on")
   mean = total / frames

@@ -181,8 +181,7 @@ def measure_jax(spec: dict) -> dict:
 
   task = asr_task(spec)
   vocab = task.tokenizer.vocab_size
-  if spec["kind"] == "step":
-    import torch
+  if spec["kind"] == "step":  # the same seeded ESPnet weights as its step row's
     state = {key: value.numpy() for key, value in espnet_model(spec, vocab).state_dict().items()}
   else:
     with np.load(spec["weights"]) as saved:
@@ -194,7 +193,6 @@ def measure_jax(spec: dict) -> dict:
            "index": np.arange(len(texts), dtype=np.int32)}
   row = dict(spec, status="ok", params=sum(x.size for x in jax.tree_util.tree_leaves(variables["params"])))
   if spec["kind"] == "step":
-    del torch
     tx = optax.adamw(1e-4)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
