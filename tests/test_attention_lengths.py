@@ -380,8 +380,12 @@ def test_cross_attention_from_the_projected_memory_equals_the_memory_path_at_eve
   kv_lengths = jnp.array([11, 4], jnp.int32)
   whole = layer.apply(params, x, memory=memory, kv_lengths=kv_lengths)
   memory_kv = layer.apply(params, memory, method=MultiHeadAttention.project_memory)
-  assert memory_kv["key"].shape == memory_kv["value"].shape == (2, 11, 2, 4)
-  np.testing.assert_array_equal(layer.apply(params, x, memory_kv=memory_kv, kv_lengths=kv_lengths), whole)
+  assert memory_kv["key"].shape == memory_kv["value"].shape == (2, 2, 11, 4)  # [batch, heads, m, head_dim]
+  np.testing.assert_allclose(layer.apply(params, x, memory_kv=memory_kv, kv_lengths=kv_lengths), whole, atol=1e-6)
+  q_lengths = jnp.array([5, 3], jnp.int32)
+  np.testing.assert_allclose(layer.apply(params, x, memory_kv=memory_kv, kv_lengths=kv_lengths, q_lengths=q_lengths),
+                             layer.apply(params, x, memory=memory, kv_lengths=kv_lengths, q_lengths=q_lengths),
+                             atol=1e-6)
   step = jax.jit(lambda x_t: layer.apply(params, x_t, memory_kv=memory_kv, kv_lengths=kv_lengths))
   steps = jnp.concatenate([step(x[:, t:t + 1]) for t in range(x.shape[1])], axis=1)  # one query, no cache
   np.testing.assert_allclose(steps, whole, atol=1e-6)

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from afx.decoding.beam_search import (LOGZERO, beam_search, ctc_initial_state, ctc_prefix_scores, full_prefix_decoder,
-                                      model_decoder)
+from afx.decoding.beam_search import (LOGZERO, beam_search, ctc_extend, ctc_initial_state, ctc_prefix_scores,
+                                      full_prefix_decoder, model_decoder)
 from afx.models.conformer import Conformer
 from afx.models.rnn_seq2seq import RnnSeq2Seq
 
@@ -46,13 +46,11 @@ def _prefix_scores_padded(log_probs, lengths, tokens, prefix_length, candidates,
   r = ctc_initial_state(log_probs, lengths)[:, :, None]
   last = jnp.full((batch, 1), -1)
   for n in range(PREFIX):
-    token = jnp.full((batch, 1, 1), tokens[n])
-    _, r_all = ctc_prefix_scores(log_probs, lengths, r, last, jnp.full((batch, 1), n), token, eos=eos)
-    r = jnp.where(n < prefix_length, r_all[:, :, :, 0], r)
-    last = jnp.where(n < prefix_length, token[..., 0], last)
+    token = jnp.full((batch, 1), tokens[n])
+    r = jnp.where(n < prefix_length, ctc_extend(log_probs, lengths, r, last, jnp.full((batch, 1), n), token), r)
+    last = jnp.where(n < prefix_length, token, last)
   cands = jnp.broadcast_to(candidates, (batch, 1, candidates.shape[0]))
-  return ctc_prefix_scores(log_probs, lengths, r, last, jnp.full((batch, 1), prefix_length), cands,
-                           eos=eos)[0][:, 0]
+  return ctc_prefix_scores(log_probs, lengths, r, last, jnp.full((batch, 1), prefix_length), cands, eos=eos)[:, 0]
 
 
 @jax.jit

@@ -62,6 +62,23 @@ def ctc_initial_state(log_probs, lengths, *, blank: int = 0):
   return jnp.stack([jnp.full_like(blanks, LOGZERO), blanks], axis=-1)
 
 
+def _ctc_extension_terms(log_probs, lengths, r_prev, last, prefix_lengths, candidates, *, blank: int):
+  """What both the prefix scores and the forward variables of g + c read, each `[frames, batch, hyps, cands]`:
+  x_t(c), x_t(blank), phi_{t−1} (the probability of g ending by frame t − 1 and able to take c next; a repeat
+  of g's last label needs a blank between them; phi_{−1} = [g empty]) and the valid frames."""
+  batch, frames, _ = log_probs.shape
+  x = jnp.moveaxis(log_probs.astype(jnp.float32), 1, 0)  # [frames, batch, vocab]
+  x_cand = x[:, jnp.arange(batch)[:, None, None], candidates]
+  x_blank = jnp.broadcast_to(x[:, :, blank][:, :, None, None], x_cand.shape)
+  r_sum = jnp.logaddexp(r_prev[..., 0], r_prev[..., 1])  # [frames, batch, hyps]
+  phi = jnp.where(candidates[None] == last[None, :, :, None], r_prev[..., 1][..., None], r_sum[..., None])
+  phi_start = jnp.broadcast_to(jnp.where(prefix_lengths == 0, 0.0, LOGZERO)[..., None], candidates.shape)
+  phi_before = jnp.concatenate([phi_start[None], phi[:-1]], axis=0)
+  valid = jnp.broadcast_to((jnp.arange(frames)[:, None] < jnp.asarray(lengths)[None, :])[:, :, None, None],
+                           x_cand.shape)
+  return x_cand, x_blank, phi_before, valid
+
+
 def ctc_prefix_scores(log_probs, lengths, r_prev, last, prefix_lengths, candidates, *, eos: int,
                       blank: int = 0):
   """Prefix log-probabilities of every hypothesis extended by each of its candidate tokens.
@@ -69,55 +86,68 @@ def ctc_prefix_scores(log_probs, lengths, r_prev, last, prefix_lengths, candidat
   Args:
     log_probs: `[batch, frames, vocab]` CTC log-posteriors; lengths `[batch]` valid frames (≥ 1).
     r_prev: `[frames, batch, hyps, 2]` forward variables r_t^n, r_t^b of each hypothesis's prefix g
-      (`ctc_initial_state` broadcast over hyps for the empty prefix, then this function's output).
+      (`ctc_initial_state` broadcast over hyps for the empty prefix, then `ctc_extend`'s).
     last: `[batch, hyps]` the last token of g (any id not in the vocabulary, e.g. −1, when g is empty);
       prefix_lengths `[batch, hyps]` its length (no `<sos/eos>`).
     candidates: `[batch, hyps, cands]` the next tokens to score.
   Returns:
     `psi [batch, hyps, cands]`: log p(g + c as a prefix | x); for c = `eos` log p(g | x) (the whole
-    sequence); for c = blank LOGZERO.  `r [frames, batch, hyps, cands, 2]`: the forward variables of g + c.
+    sequence); for c = blank LOGZERO.
 
-  The recursion of ESPnet's `CTCPrefixScore(TH)` (Watanabe et al. 2017, Algorithm 2) over all frames in one
-  `lax.scan`; ESPnet starts at frame max(|g|, 1), which only skips frames where g + c has probability 0.
-  Past an utterance's length the state is carried unchanged (ESPnet pads with blank probability 1, which
-  leaves r^n + r^b unchanged too).
+  ESPnet's `CTCPrefixScore(TH)` (Watanabe et al. 2017, Algorithm 2): psi = Σ_t phi_{t−1} x_t(c) over the valid
+  frames, a plain log-sum over frames (no recursion: the forward variables of g + c are needed only for the
+  hypotheses that survive, `ctc_extend`).  ESPnet starts at frame max(|g|, 1), which only skips frames where
+  g + c has probability 0.
   """
-  batch, frames, _ = log_probs.shape
-  x = jnp.moveaxis(log_probs.astype(jnp.float32), 1, 0)  # [frames, batch, vocab]
-  x_cand = x[:, jnp.arange(batch)[:, None, None], candidates]  # [frames, batch, hyps, cands]
-  x_blank = x[:, :, blank][:, :, None, None]
-  r_sum = jnp.logaddexp(r_prev[..., 0], r_prev[..., 1])  # [frames, batch, hyps]
-  # phi_t: probability of g ending by frame t and able to take c next; a repeat of g's last label
-  # needs a blank between them.
-  phi = jnp.where(candidates[None] == last[None, :, :, None], r_prev[..., 1][..., None], r_sum[..., None])
-  phi_start = jnp.broadcast_to(jnp.where(prefix_lengths == 0, 0.0, LOGZERO)[..., None], candidates.shape)
-  phi_before = jnp.concatenate([phi_start[None], phi[:-1]], axis=0)  # phi_{t-1}, with phi_{-1} = [g empty]
-  valid = (jnp.arange(frames)[:, None] < jnp.asarray(lengths)[None, :])[:, :, None, None]
+  x_cand, _, phi_before, valid = _ctc_extension_terms(log_probs, lengths, r_prev, last, prefix_lengths, candidates,
+                                                      blank=blank)
+  psi = jnp.logaddexp(LOGZERO, jax.nn.logsumexp(jnp.where(valid, phi_before + x_cand, -jnp.inf), axis=0))
+  whole = jax.nn.logsumexp(r_prev[jnp.asarray(lengths) - 1, jnp.arange(log_probs.shape[0])], axis=-1)
+  psi = jnp.where(candidates == eos, whole[..., None], psi)  # whole [batch, hyps]: log p(g | x)
+  return jnp.where(candidates == blank, LOGZERO, psi)
 
-  def frame(carry, inputs):
-    r_n, r_b, psi = carry
-    x_c, x_b, phi_t, ok = inputs
-    new_n = jnp.logaddexp(r_n, phi_t) + x_c
-    new_b = jnp.logaddexp(r_n, r_b) + x_b
-    new_psi = jnp.logaddexp(psi, phi_t + x_c)
-    r_n, r_b, psi = (jnp.where(ok, a, b) for a, b in ((new_n, r_n), (new_b, r_b), (new_psi, psi)))
-    return (r_n, r_b, psi), jnp.stack([r_n, r_b], axis=-1)
 
-  start = jnp.full(candidates.shape, LOGZERO, jnp.float32)
-  (_, _, psi), r = jax.lax.scan(frame, (start, start, start),
-                                (x_cand, jnp.broadcast_to(x_blank, x_cand.shape), phi_before,
-                                 jnp.broadcast_to(valid, x_cand.shape)))
-  whole = r_sum[jnp.asarray(lengths) - 1, jnp.arange(batch)]  # [batch, hyps]: log p(g | x)
-  psi = jnp.where(candidates == eos, whole[..., None], psi)
-  return jnp.where(candidates == blank, LOGZERO, psi), r
+def ctc_extend(log_probs, lengths, r_prev, last, prefix_lengths, tokens, *, blank: int = 0):
+  """The CTC forward variables of each hypothesis's prefix g (as in `ctc_prefix_scores`) extended by its
+  `tokens [batch, hyps]`: `[frames, batch, hyps, 2]` (r_t^n, r_t^b of g + c), the next step's `r_prev`.
+
+  r^n_t = log(e^{r^n_{t−1}} + e^{phi_{t−1}}) + x_t(c) and r^b_t = log(e^{r^b_{t−1}} + e^{r^n_{t−1}}) + x_t(blank)
+  from r_{−1} = LOGZERO, each solved by `_log_linear_recurrence` in log(frames) parallel steps rather than a
+  sequential step per frame.  Past an utterance's length the state is carried unchanged (ESPnet pads with
+  blank probability 1, which leaves r^n + r^b unchanged too)."""
+  x_token, x_blank, phi_before, valid = (term[..., 0] for term in _ctc_extension_terms(
+      log_probs, lengths, r_prev, last, prefix_lengths, tokens[..., None], blank=blank))
+  start = jnp.full(tokens.shape, LOGZERO, jnp.float32)
+  r_n = _log_linear_recurrence(start, x_token, phi_before + x_token, valid)
+  r_n_before = jnp.concatenate([start[None], r_n[:-1]], axis=0)
+  r_b = _log_linear_recurrence(start, x_blank, r_n_before + x_blank, valid)
+  return jnp.stack([r_n, r_b], axis=-1)
+
+
+def _log_linear_recurrence(initial, a, b, valid):
+  """`r_t = log(exp(r_{t−1} + a_t) + exp(b_t))` along axis 0 from r_{−1} = `initial`, r_t = r_{t−1} where
+  not `valid`: every r_t, by an associative scan over the steps' compositions (applying (a1, b1), then
+  (a2, b2), is (a1 + a2, log(e^{b1 + a2} + e^{b2}))), all sums of log-probabilities, nothing subtracted.
+  (A frame's sequential step on a few thousand values is all loop overhead on a CPU.)"""
+  a = jnp.where(valid, a, 0.0)
+  b = jnp.where(valid, b, -jnp.inf)
+
+  def compose(first, second):
+    (a1, b1), (a2, b2) = first, second
+    return a1 + a2, jnp.logaddexp(b1 + a2, b2)
+
+  a_prefix, b_prefix = jax.lax.associative_scan(compose, (a, b), axis=0)
+  return jnp.logaddexp(initial[None] + a_prefix, b_prefix)
 
 
 class StepDecoder(NamedTuple):
   """An attention decoder run one token per hypothesis at a time, over n = batch × beam hypotheses.
 
-  init: `(memory [n, ...], memory_lengths [n], slots) -> (cache, context)`: the state before any token, for
-    positions 0..slots − 1.  cache: a pytree of `[n, ...]` arrays, one row per hypothesis, reordered with the
-    hypotheses; context: anything the steps only read (e.g. the memory's cross-attention keys and values).
+  init: `(memory [batch, ...], memory_lengths [batch], slots, hypotheses) -> (cache, context)`: the state
+    before any token, for positions 0..slots − 1 and `hypotheses` per utterance.  cache: a pytree of
+    `[n, ...]` arrays, n = batch × hypotheses, one row per hypothesis (an utterance's consecutive), reordered
+    with the hypotheses; context: anything the steps only read (e.g. each memory's cross-attention keys and
+    values, once per utterance).
   step: `(token [n], cache, context, position) -> (logits [n, vocab], cache)`: the next-token logits after
     the prefix in cache followed by `token` at `position` (int32 scalar, traced; `<sos/eos>` at 0).
   """
@@ -130,8 +160,10 @@ def full_prefix_decoder(decode_fn) -> StepDecoder:
   -> logits [n, L, vocab]` (`<sos/eos>` first): its cache is the token history `[n, slots]`, and each step
   runs the decoder over the whole prefix."""
 
-  def init(memory, memory_lengths, slots):
-    return jnp.zeros((memory_lengths.shape[0], slots), jnp.int32), (memory, memory_lengths)
+  def init(memory, memory_lengths, slots, hypotheses):
+    rows = memory_lengths.shape[0] * hypotheses
+    context = (jnp.repeat(memory, hypotheses, axis=0), jnp.repeat(memory_lengths, hypotheses, axis=0))
+    return jnp.zeros((rows, slots), jnp.int32), context
 
   def step(token, history, context, position):
     history = jax.lax.dynamic_update_slice_in_dim(history, token[:, None].astype(jnp.int32), position, axis=1)
@@ -164,8 +196,8 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
   Args:
     decoder: a `StepDecoder` (`model_decoder`, or `full_prefix_decoder` of a teacher-forced decoder);
       unused, and may be None, when ctc_weight is 1.
-    encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` the memory the decoder reads; its `init`
-      gets each row repeated for the utterance's hypotheses (n = batch × beam rows, utterance-major).
+    encoded, encoded_lengths: `[batch, frames, ...]`, `[batch]` the memory the decoder reads (its `init`
+      gets them with hypotheses=beam).
     ctc_log_probs: `[batch, frames, vocab]` CTC log-posteriors (log-softmax applied again, harmlessly);
       unused, and may be None, when ctc_weight is 0 (then encoded_lengths is not needed by CTC).
   Returns:
@@ -192,8 +224,7 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
 
   if use_attention:
     # Positions 0..max_length: <sos/eos>, then up to max_length tokens (the last step scores only <sos/eos>).
-    cache, context = decoder.init(jnp.repeat(encoded, beam, axis=0), jnp.repeat(lengths_in, beam, axis=0),
-                                  max_length + 1)
+    cache, context = decoder.init(encoded, lengths_in, max_length + 1, beam)
 
   def step(state):
     i = state["step"]
@@ -219,8 +250,8 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
     if use_ctc:
       last = jnp.where(lengths > 0, jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[..., None],
                                                         axis=-1)[..., 0], -1)
-      psi, r = ctc_prefix_scores(ctc_log_probs, lengths_in, state["ctc_r"], last, lengths, candidates,
-                                 eos=sos_eos, blank=blank)
+      psi = ctc_prefix_scores(ctc_log_probs, lengths_in, state["ctc_r"], last, lengths, candidates, eos=sos_eos,
+                              blank=blank)
       joint += ctc_weight * (psi - state["ctc_psi"][..., None])
     joint = jnp.where((candidates == blank) | (last_step & (candidates != sos_eos)), NEG_INF, joint)
     total = scores[..., None] + joint
@@ -241,7 +272,9 @@ def beam_search(decoder, encoded, encoded_lengths, ctc_log_probs, *, beam: int, 
     if use_attention:
       new["last"] = token
     if use_ctc:
-      new["ctc_r"] = jnp.moveaxis(jnp.moveaxis(r, 0, 3)[b_index, hyp, choice], 2, 0)
+      # The forward variables of the survivors only (a finished one's, or one ending in <sos/eos>, are unused).
+      new["ctc_r"] = ctc_extend(ctc_log_probs, lengths_in, state["ctc_r"][:, b_index, hyp], _gather(last, b_index, hyp),
+                                old_lengths, token, blank=blank)
       new["ctc_psi"] = psi[b_index, hyp, choice]
     alive = new["scores"] > NEG_INF
     running = alive & ~new["finished"]

@@ -15,22 +15,34 @@ from afx.layers.positional import rotary_embedding
 
 
 def attention_cache(batch_size: int, length: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> dict:
-  """An empty key/value cache: a ring of `length` slots; `position` is −1 for an empty slot."""
-  zeros = jnp.zeros((batch_size, length, kv_heads, head_dim), dtype)
+  """An empty key/value cache: a ring of `length` slots, keys and values `[batch, kv_heads, length, head_dim]`;
+  `position` is −1 for an empty slot."""
+  zeros = jnp.zeros((batch_size, kv_heads, length, head_dim), dtype)
   return {"key": zeros, "value": zeros, "position": jnp.full((length,), -1, jnp.int32)}
 
 
-def cached_attention(q, keys, values, visible):
-  """One query step `[batch, 1, heads, head_dim]` over cached `[batch, slots, kv_heads, head_dim]`.
+def heads_major(x):
+  """`[batch, seq, heads, head_dim]` → `[batch, heads, seq, head_dim]`, the layout of decoding's keys and values.
 
-  `visible` `[slots]` marks the slots the query may see; grouped-query heads share their kv head.
-  """
-  groups = q.shape[2] // keys.shape[2]
-  keys, values = jnp.repeat(keys, groups, axis=2), jnp.repeat(values, groups, axis=2)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), keys.astype(jnp.float32))
-  scores = jnp.where(visible, scores / jnp.sqrt(q.shape[-1]).astype(jnp.float32), -jnp.inf)
-  weights = jax.nn.softmax(scores, axis=-1)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, values.astype(jnp.float32)).astype(q.dtype)
+  A decoding step's query reads every cached key and value; stored sequence-major, XLA:CPU transposes the
+  whole cache (and the projected memory) into this layout at every step, which took 80 % of a Transformer
+  decoder's beam-search step."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def cached_attention(q, keys, values, visible):
+  """Queries `q [batch, q_len, heads, head_dim]` over `keys`/`values` `[batch, kv_heads, slots, head_dim]`
+  (`heads_major`), seeing the slots where `visible` (broadcastable to `[batch, slots]`) holds; a query that
+  sees no slot gives 0.  Grouped-query heads share their kv head (query head i reads kv head i // groups)."""
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads, slots = keys.shape[1], keys.shape[2]
+  grouped = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).astype(jnp.float32)
+  scores = jnp.einsum("bqkgd,bksd->bkgqs", grouped, keys.astype(jnp.float32)) * head_dim ** -0.5
+  visible = jnp.broadcast_to(visible, (batch, slots))[:, None, None, None, :]
+  weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+  weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0.0)
+  out = jnp.einsum("bkgqs,bksd->bqkgd", weights, values.astype(jnp.float32))
+  return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -78,12 +90,12 @@ class MultiHeadAttention(nn.Module):
   def project_memory(self, memory, *, features: int | None = None) -> dict:
     """Cross-attention keys and values of `memory` `[batch, m, features_m]`, to pass as `memory_kv`.
 
-    Returns `{"key", "value"}`, each `[batch, m, kv_heads, head_dim]`: an autoregressive decoder projects
-    the encoder output once and reuses it at every step.  `features` (the width of `x`) is needed only
-    before the parameters exist.
+    Returns `{"key", "value"}`, each `[batch, kv_heads, m, head_dim]` (`heads_major`): an autoregressive
+    decoder projects the encoder output once and reuses it at every step.  `features` (the width of `x`)
+    is needed only before the parameters exist.
     """
     key, value = self._keys_values(memory, self._head_dim(features))
-    return {"key": key, "value": value}
+    return {"key": heads_major(key), "value": heads_major(value)}
 
   def __call__(self, x, *, positions=None, cache=None, memory=None, memory_kv=None, q_lengths=None,
                kv_lengths=None, return_weights: bool = False):
@@ -91,7 +103,8 @@ class MultiHeadAttention(nn.Module):
 
     Cross-attention: with `memory` `[batch, m, features_m]`, keys and values come from the memory
     (causal, window and rotary apply to self-attention only); `memory_kv` is the same memory already
-    projected by `project_memory` (e.g. `x` of one decoding step `[batch, 1, features]`).
+    projected by `project_memory` (e.g. `x` of one decoding step `[batch, 1, features]`), attended by
+    `cached_attention` (no `return_weights`).
 
     Padding: `kv_lengths` int32 `[batch]` hides keys `j >= kv_lengths[b]` (memory positions, or
     self-attention positions); `q_lengths` int32 `[batch]` marks rows `i >= q_lengths[b]` of `x` as
@@ -112,11 +125,19 @@ class MultiHeadAttention(nn.Module):
     if cache is not None and (cross or q_lengths is not None or kv_lengths is not None or return_weights):
       raise ValueError("cached decoding is self-attention over the cache: it takes no memory, lengths or "
                        "return_weights (cross-attention decodes with memory_kv and no cache)")
+    if memory_kv is not None and return_weights:
+      raise ValueError("return_weights needs memory, not its projection memory_kv")
     q = self._dense("query", x, (self.num_heads, head_dim))
     project = lambda y: self._dense("out", y, features, axis=(-2, -1))
+    if memory_kv is not None:
+      slots = memory_kv["key"].shape[2]
+      visible = True if kv_lengths is None else jnp.arange(slots) < jnp.asarray(kv_lengths)[:, None]
+      attended = cached_attention(q, memory_kv["key"], memory_kv["value"], visible)
+      if q_lengths is not None:
+        attended = jnp.where((jnp.arange(x.shape[1]) < jnp.asarray(q_lengths)[:, None])[..., None, None], attended, 0)
+      return project(attended)
     if cross:
-      memory_kv = self.project_memory(memory, features=features) if memory_kv is None else memory_kv
-      k, v = memory_kv["key"], memory_kv["value"]
+      k, v = self._keys_values(memory, head_dim)
       causal, window = False, None
     else:
       k, v = self._keys_values(x, head_dim)
@@ -133,7 +154,8 @@ class MultiHeadAttention(nn.Module):
       return project(attended)
     position = positions[0]
     slot = position % cache["position"].shape[0]
-    write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), slot, axis=1)
+    write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, heads_major(new).astype(buffer.dtype),
+                                                                     slot, axis=2)
     cache = {"key": write(cache["key"], k), "value": write(cache["value"], v),
              "position": cache["position"].at[slot].set(position)}
     visible = (cache["position"] >= 0) & (cache["position"] <= position)

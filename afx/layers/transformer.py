@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from afx.errors import ConfigError
-from afx.layers.attention import MultiHeadAttention
+from afx.layers.attention import MultiHeadAttention, attention_cache
 
 ACTIVATIONS = ("gelu", "relu", "swish")
 
@@ -108,24 +108,28 @@ class DecoderBlock(nn.Module):
 
   def empty_cache(self, batch: int, slots: int, features: int) -> dict:
     """Self-attention keys and values of no position yet: `{"key", "value"}`, each zeros
-    `[batch, slots, heads, features / heads]` (`slots` positions can be decoded)."""
-    zeros = jnp.zeros((batch, slots, self.num_heads, features // self.num_heads), self.dtype)
-    return {"key": zeros, "value": zeros}
+    `[batch, heads, slots, features / heads]` (`slots` positions can be decoded)."""
+    cache = attention_cache(batch, slots, self.num_heads, features // self.num_heads, self.dtype)
+    return {"key": cache["key"], "value": cache["value"]}
 
   def project_memory(self, memory) -> dict:
     """Cross-attention keys and values of `memory [batch, M, d_m]`, `{"key", "value"}` each
-    `[batch, M, heads, head_dim]`: computed once, read by every `decode_step`."""
+    `[batch, heads, M, head_dim]`: computed once, read by every `decode_step`."""
     return self.cross_attention.project_memory(memory)
 
   def decode_step(self, x, cache, memory_kv, memory_lengths, step):
-    """One position: `x [batch, 1, d]` at position `step` (int32 scalar, may be traced), `cache` holding the
+    """One position: `x [n, 1, d]` at position `step` (int32 scalar, may be traced), `cache` holding the
     self-attention keys/values of positions 0..step − 1 in its first slots (`empty_cache` at step 0),
-    `memory_kv` from `project_memory` valid up to `memory_lengths [batch]`.  Returns `(y [batch, 1, d], cache)`
-    with this position's keys/values written into slot `step`; y is `__call__`'s row `step` (no dropout)."""
-    slots = jnp.arange(cache["key"].shape[1])
+    `memory_kv` from `project_memory` of `batch` memories valid up to `memory_lengths [batch]`, where
+    n = batch × hypotheses and each memory's hypotheses are consecutive rows of x (beam search reads one
+    copy of each utterance's memory).  Returns `(y [n, 1, d], cache)` with this position's keys/values
+    written into slot `step`; y is `__call__`'s row `step` (no dropout)."""
+    slots = jnp.arange(cache["key"].shape[2])
     # MultiHeadAttention's cache marks filled slots by position (−1: empty); slot j holds position j.
     y, cache = self.self_attention(self.norm_self(x), positions=jnp.reshape(step, (1,)),
                                    cache={**cache, "position": jnp.where(slots < step, slots, -1)})
     x = x + y
-    x = x + self.cross_attention(self.norm_cross(x), memory_kv=memory_kv, kv_lengths=memory_lengths)
+    # Each memory's hypotheses are its queries: [batch, hypotheses, d].
+    queries = self.norm_cross(x).reshape(memory_lengths.shape[0], -1, x.shape[-1])
+    x = x + self.cross_attention(queries, memory_kv=memory_kv, kv_lengths=memory_lengths).reshape(x.shape)
     return x + self.mlp(self.norm_mlp(x), train=False), {"key": cache["key"], "value": cache["value"]}

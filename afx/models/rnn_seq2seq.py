@@ -291,13 +291,15 @@ class RnnSeq2Seq(SpeechRecognizer, kw_only=True):
     logits, weights = self.decoder(tokens, encoded, encoded_lengths, train=train)
     return (logits, weights) if return_attention else logits
 
-  def init_decode_cache(self, encoded, encoded_lengths, slots: int):
-    """What `decode_step` starts from, for `encoded [n, T, projection_units]` valid up to `encoded_lengths [n]`:
-    `(cache, context)`.  cache (one row per hypothesis): the decoder LSTMs' states and the last attention
-    weights (`AttentionDecoder.start`); context (read only): the encoder states, their attention keys and mask.
-    `slots` (the most positions to decode) is not needed: the state does not grow."""
+  def init_decode_cache(self, encoded, encoded_lengths, slots: int, hypotheses: int = 1):
+    """What `decode_step` starts from, for `encoded [batch, T, projection_units]` valid up to `encoded_lengths
+    [batch]` and `hypotheses` rows per utterance: `(cache, context)`.  cache (one row per hypothesis, an
+    utterance's consecutive): the decoder LSTMs' states and the last attention weights
+    (`AttentionDecoder.start`); context (read only): the encoder states, their attention keys and mask, one
+    copy per hypothesis (location-aware attention's energies differ by hypothesis anyway).  `slots` (the
+    most positions to decode) is not needed: the state does not grow."""
     del slots
-    return self.decoder.start(encoded, encoded_lengths)
+    return self.decoder.start(jnp.repeat(encoded, hypotheses, axis=0), jnp.repeat(encoded_lengths, hypotheses, axis=0))
 
   def decode_step(self, token, cache, context, step):
     """`decode` one token at a time (inference, no dropout): `token [n]` (`<sos/eos>` first) → `(logits

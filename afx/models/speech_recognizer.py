@@ -66,13 +66,16 @@ class TransformerDecoderMixin:
       x = block(x, encoded, encoded_lengths, train=train, lengths=token_lengths)
     return self.output(self.decoder_norm(x)).astype(jnp.float32)
 
-  def init_decode_cache(self, encoded, encoded_lengths, slots: int):
-    """What `decode_step` starts from, for `encoded [n, M, d_model]` valid up to `encoded_lengths [n]`:
-    `(cache, context)`.  cache (one row per hypothesis): per decoder block the self-attention keys and values
-    `{"key", "value"}` `[n, slots, heads, d_model / heads]`, zeros (positions 0..slots − 1 can be decoded).
-    context (read only): `{"memory": per block the cross-attention keys/values of encoded, "memory_lengths"}`."""
+  def init_decode_cache(self, encoded, encoded_lengths, slots: int, hypotheses: int = 1):
+    """What `decode_step` starts from, for `encoded [batch, M, d_model]` valid up to `encoded_lengths [batch]`
+    and `hypotheses` rows per utterance: `(cache, context)`.  cache (one row per hypothesis, n = batch ×
+    hypotheses, an utterance's consecutive): per decoder block the self-attention keys and values
+    `{"key", "value"}` `[n, heads, slots, d_model / heads]`, zeros (positions 0..slots − 1 can be decoded).
+    context (read only, one copy per utterance): `{"memory": per block the cross-attention keys/values of
+    encoded, "memory_lengths"}`."""
     self._check_decoder()
-    cache = [block.empty_cache(encoded.shape[0], slots, self.d_model) for block in self.decoder_blocks]
+    rows = encoded.shape[0] * hypotheses
+    cache = [block.empty_cache(rows, slots, self.d_model) for block in self.decoder_blocks]
     context = {"memory": [block.project_memory(encoded) for block in self.decoder_blocks],
                "memory_lengths": jnp.asarray(encoded_lengths, jnp.int32)}
     return cache, context
@@ -80,7 +83,7 @@ class TransformerDecoderMixin:
   def decode_step(self, token, cache, context, step):
     """`decode` one position at a time (inference, no dropout): `token [n]` at position `step` (int32 scalar,
     `<sos/eos>` at 0) with `cache` holding positions 0..step − 1 → `(logits [n, vocab], cache)`, the logits
-    `decode`'s at row `step` of the same prefix."""
+    `decode`'s at row `step` of the same prefix (over its utterance's memory in context)."""
     x = self._embed_tokens(token[:, None], jnp.reshape(step, (1,)))
     new_cache = []
     for block, layer_cache, memory_kv in zip(self.decoder_blocks, cache, context["memory"]):

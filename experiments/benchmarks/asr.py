@@ -14,7 +14,8 @@ random utterances of `--seconds` (a 16 kHz waveform and its transcript of `--tok
   beam search  joint CTC/attention decoding with beam `--beam` (CTC weight 0.3, no length bonus, up to
                `--max-tokens` tokens) of `--utterances` utterances: afx batched on the device (one call for
                all, after a first compiling call), ESPnet's `BatchBeamSearch` (its default) per utterance
-               over the same filterbanks.  The real-time factor of each is its time / seconds of audio;
+               over the same filterbanks; each the median of `--decode-runs` runs after a first, both
+               including their encoder.  The real-time factor of each is its time / seconds of audio;
                `afx_espnet_hypothesis_token_error_rate` is the token error rate of afx's best hypotheses
                against ESPnet's (near 0: the two searches agree; a random model's scores are close to
                ties, so a few tokens may differ).
@@ -30,7 +31,6 @@ Summary: `afx_vs_espnet_conformer_step_time` (afx's step time / ESPnet's; target
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 from benchmark_common import machine, peak_gib, run_as_worker, run_worker, timed_steps, write_result
@@ -160,17 +160,27 @@ def measure_torch(spec: dict) -> dict:
       weights={"decoder": 1.0 - spec["ctc_weight"], "ctc": spec["ctc_weight"]}, beam_size=spec["beam"],
       vocab_size=vocab, sos=sos_eos, eos=sos_eos, token_list=list(task.tokenizer.tokens), pre_beam_score_key="full")
   hypotheses = []
-  start = time.perf_counter()
-  with torch.no_grad():
-    for index in range(features.shape[0]):
-      encoded, _ = model.encode(features[index:index + 1, :counts[index]], counts[index:index + 1])
-      best = search(encoded[0], maxlenratio=-float(spec["max_tokens"]), minlenratio=0.0)[0]
-      hypotheses.append([int(t) for t in best.yseq[1:] if int(t) != sos_eos])
-  seconds = time.perf_counter() - start
+
+  def decode():
+    hypotheses.clear()
+    with torch.no_grad():
+      for index in range(features.shape[0]):
+        encoded, _ = model.encode(features[index:index + 1, :counts[index]], counts[index:index + 1])
+        best = search(encoded[0], maxlenratio=-float(spec["max_tokens"]), minlenratio=0.0)[0]
+        hypotheses.append([int(t) for t in best.yseq[1:] if int(t) != sos_eos])
+
+  decode()  # warm-up
+  timing = timed_steps(decode, spec["decode_runs"])
   state = {key: value.numpy() for key, value in model.state_dict().items()}
   np.savez(spec["weights"], **state)
-  return dict(row, decode_s=seconds, rtf=seconds / (lengths.sum() / SAMPLE_RATE), hypotheses=hypotheses,
-              peak_gib=peak_gib())
+  return dict(row, **decode_timing(timing, lengths), hypotheses=hypotheses, peak_gib=peak_gib())
+
+
+def decode_timing(timing: dict, lengths) -> dict:
+  """`timed_steps` of whole decoding runs as `decode_s` (the median run), `fastest_decode_s` and the real-time
+  factor of the median."""
+  return {"decode_s": timing["step_s"], "fastest_decode_s": timing["fastest_step_s"],
+          "rtf": timing["step_s"] / (lengths.sum() / SAMPLE_RATE)}
 
 
 def measure_jax(spec: dict) -> dict:
@@ -220,13 +230,15 @@ def measure_jax(spec: dict) -> dict:
     return dict(row, **timed_steps(step, spec["steps"]), peak_gib=peak_gib(jax.devices()[0]))
 
   decode = jax.jit(functools.partial(task.beam_rows, model, beam=spec["beam"], ctc_weight=spec["ctc_weight"]))
-  jax.block_until_ready(decode(variables, batch))  # compile
-  start = time.perf_counter()
-  rows = jax.device_get(decode(variables, batch))
-  seconds = time.perf_counter() - start
+  rows = {}
+
+  def run():
+    rows.update(jax.device_get(decode(variables, batch)))
+
+  run()  # compile
+  timing = timed_steps(run, spec["decode_runs"])
   hypotheses = [row[:length].tolist() for row, length in zip(rows["hypothesis"], rows["hypothesis_lengths"])]
-  return dict(row, decode_s=seconds, rtf=seconds / (lengths.sum() / SAMPLE_RATE), hypotheses=hypotheses,
-              peak_gib=peak_gib(jax.devices()[0]))
+  return dict(row, **decode_timing(timing, lengths), hypotheses=hypotheses, peak_gib=peak_gib(jax.devices()[0]))
 
 
 def summary(rows: list[dict]) -> dict:
@@ -267,6 +279,7 @@ def main() -> None:
   parser.add_argument("--tokens", type=int, default=50, help="longest transcript, characters")
   parser.add_argument("--max-tokens", type=int, default=60, help="longest hypothesis")
   parser.add_argument("--beam", type=int, default=10)
+  parser.add_argument("--decode-runs", type=int, default=3, help="timed beam-search runs (the median is reported)")
   parser.add_argument("--ctc-weight", type=float, default=0.3)
   parser.add_argument("--mels", type=int, default=80)
   parser.add_argument("--d-model", type=int, default=144, help="Conformer S's width")
@@ -285,7 +298,7 @@ def main() -> None:
 
   import tempfile
   sizes = {key: getattr(args, key) for key in ("batch", "steps", "utterances", "seconds", "tokens", "max_tokens",
-                                               "beam", "ctc_weight", "mels", "d_model", "heads", "mlp_dim",
+                                               "beam", "decode_runs", "ctc_weight", "mels", "d_model", "heads", "mlp_dim",
                                                "encoder_layers", "conv_kernel", "decoder_layers", "decoder_mlp_dim")}
   rows = []
   with tempfile.TemporaryDirectory() as scratch:
