@@ -89,10 +89,8 @@ def main(argv: list[str]) -> int:
     _Parser(prog=f"run.py {args.command}").error(f"{args.command} takes no --config.KEY=VALUE overrides")
 
   from afx.errors import NonFiniteLossError, UserError
-  from afx.host_memory import keep_freed_host_memory
-  from afx.xla_flags import add_cpu_compiler_flags
-  keep_freed_host_memory()  # both before JAX starts its backend
-  add_cpu_compiler_flags()
+  from afx.cpu_setup import setup_cpu_process
+  setup_cpu_process()  # before JAX starts its backend
   try:
     if args.command == "launch":
       from afx.train.launch import launch, launch_command

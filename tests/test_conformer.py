@@ -3,14 +3,15 @@ the paper's sizes, relative-position shifting and padding invariance."""
 
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from afx.errors import ConfigError
-from afx.layers.conformer import (ConformerBlock, ConvolutionModule, RelativePositionAttention, rel_shift,
-                                  relative_positions)
+from afx.layers.conformer import (ConformerBlock, ConvolutionModule, DepthwiseConv1D, RelativePositionAttention,
+                                  rel_shift, relative_positions)
 from afx.layers.transformer import DecoderBlock
 from afx.models import conformer, parameter_count
 from afx.models.conformer import Conformer
@@ -311,3 +312,18 @@ def test_relative_position_attention_on_a_blocked_implementation_names_those_tha
   lengths = jnp.asarray([8, 5])
   np.testing.assert_allclose(RelativePositionAttention(2).apply(variables, x, lengths=lengths),
                              reference.apply(variables, x, lengths=lengths), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size", [31, 32])
+def test_depthwise_convolution_and_its_gradients_match_a_grouped_convolution(kernel_size):
+  x = jax.random.normal(jax.random.key(0), (2, 23, 6))
+  layer = DepthwiseConv1D(kernel_size)
+  reference = nn.Conv(6, (kernel_size,), padding="SAME", feature_group_count=6)
+  params = layer.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference.init(jax.random.key(1), x))
+  weights = jax.random.normal(jax.random.key(2), (2, 23, 6))
+  loss = lambda module: lambda p, x: jnp.sum(module.apply(p, x) * weights)
+  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x), atol=1e-5)
+  for got, want in zip(jax.grad(loss(layer), argnums=(0, 1))(params, x),
+                       jax.grad(loss(reference), argnums=(0, 1))(params, x)):
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-4), got, want)

@@ -15,9 +15,11 @@ depthwise convolution, so no padded frame reaches a valid one.  ESPnet does neit
 module: there the last (kernel − 1)/2 valid frames of a padded utterance see the padding's values.
 """
 
+import functools
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from afx.kernels.attention import dot_product_attention
@@ -84,23 +86,53 @@ class RelativePositionAttention(nn.Module):
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name="out")(attended)
 
 
+def _shifted_sum(x, kernel, before: int):
+  """Σ_i x_padded[:, i:i + T] · kernel[i] for `x [batch, T, channels]`, `kernel [k, channels]`, zero-padded by
+  `before` frames before and k − 1 − before after."""
+  size, frames = kernel.shape[0], x.shape[1]
+  padded = jnp.pad(x, ((0, 0), (before, size - 1 - before), (0, 0)))
+  return sum(padded[:, i:i + frames] * kernel[i] for i in range(size))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv(x, kernel, before: int):
+  """Depthwise 'SAME' convolution over time (cross-correlation, as `nn.Conv`) of `x [batch, T, channels]` with
+  `kernel [k, channels]`, as a sum of k shifted, scaled copies.  Its gradients are written out: autodiff of the
+  copies pads a full-size gradient for each of the k slices; here the input's gradient is the same shifted sum
+  of the output's gradient with the kernel reversed, and the kernel's is k multiply-reductions."""
+  return _shifted_sum(x, kernel, before)
+
+
+def _depthwise_forward(x, kernel, before):
+  return _shifted_sum(x, kernel, before), (x, kernel)
+
+
+def _depthwise_backward(before, residuals, grad):
+  x, kernel = residuals
+  size, frames = kernel.shape[0], x.shape[1]
+  grad_x = _shifted_sum(grad, kernel[::-1], size - 1 - before)
+  padded = jnp.pad(x, ((0, 0), (before, size - 1 - before), (0, 0)))
+  grad_kernel = jnp.stack([jnp.sum(padded[:, i:i + frames] * grad, axis=(0, 1)) for i in range(size)])
+  return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
+
+
 class DepthwiseConv1D(nn.Module):
   """`nn.Conv(channels, (kernel_size,), padding="SAME", feature_group_count=channels)` over `[batch, T, channels]`,
-  the same parameters (`kernel [k, 1, channels]`, `bias`) and initialisation, computed as the sum of k shifted,
-  scaled copies of the input: XLA:CPU's grouped convolution takes about 3× as long forward and backward.
-  'SAME' pads (k − 1) // 2 frames before and k // 2 after."""
+  the same parameters (`kernel [k, 1, channels]`, `bias`) and initialisation, computed by `depthwise_conv`:
+  XLA:CPU's grouped convolution takes about 3× as long forward and backward.  'SAME' pads (k − 1) // 2 frames
+  before and k // 2 after."""
   kernel_size: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    channels, frames = x.shape[-1], x.shape[1]
+    channels = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, 1, channels)).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (channels,)).astype(self.dtype)
-    before = (self.kernel_size - 1) // 2
-    x = x.astype(self.dtype)
-    padded = jnp.pad(x, ((0, 0), (before, self.kernel_size - 1 - before), (0, 0)))
-    return sum(padded[:, i:i + frames] * kernel[i, 0] for i in range(self.kernel_size)) + bias
+    return depthwise_conv(x.astype(self.dtype), kernel[:, 0], (self.kernel_size - 1) // 2) + bias
 
 
 class ConvolutionModule(nn.Module):

@@ -25,8 +25,7 @@ import numpy as np
 
 from benchmark_common import available_bytes, machine, run_worker, write_result
 
-from afx.host_memory import keep_freed_host_memory
-from afx.xla_flags import add_cpu_compiler_flags
+from afx.cpu_setup import setup_cpu_process
 
 BATCH, HEADS = 1, 8
 WINDOW = 1024
@@ -183,8 +182,7 @@ def main() -> None:
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    keep_freed_host_memory()  # as run.py does
-    add_cpu_compiler_flags()
+    setup_cpu_process()  # as run.py does
     print(json.dumps(measure(json.loads(args.worker))))
     return
 

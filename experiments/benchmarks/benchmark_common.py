@@ -60,10 +60,8 @@ def run_as_worker(spec_json: str, measure_jax, measure_torch) -> None:
   `framework`) returns, as the last line of stdout; JAX runs with run.py's host-memory and compiler settings."""
   spec = json.loads(spec_json)
   if spec["framework"] == "jax":
-    from afx.host_memory import keep_freed_host_memory
-    from afx.xla_flags import add_cpu_compiler_flags
-    keep_freed_host_memory()  # as run.py does; PyTorch runs as its users run it
-    add_cpu_compiler_flags()
+    from afx.cpu_setup import setup_cpu_process
+    setup_cpu_process()  # as run.py does; PyTorch runs as its users run it
   print(json.dumps(measure_jax(spec) if spec["framework"] == "jax" else measure_torch(spec)))
 
 

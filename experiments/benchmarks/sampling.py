@@ -21,8 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from afx.host_memory import keep_freed_host_memory
-from afx.xla_flags import add_cpu_compiler_flags
+from afx.cpu_setup import setup_cpu_process
 from afx.models import RawTransformer, WaveNet
 from benchmark_common import machine, write_result
 from afx.tasks import generation
@@ -82,8 +81,7 @@ def main() -> None:
   parser.add_argument("--cached-samples", type=int, default=400, help="samples timed per cached measurement")
   parser.add_argument("--naive-samples", type=int, default=2, help="samples timed per naive measurement")
   args = parser.parse_args()
-  keep_freed_host_memory()  # as run.py does
-  add_cpu_compiler_flags()
+  setup_cpu_process()  # as run.py does
   context = round(args.context_seconds * SAMPLE_RATE)
   rows = []
   for name, model in models(context).items():
