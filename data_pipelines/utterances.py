@@ -16,13 +16,19 @@ checkpoints) is one index and a restored iterator gives exactly the batches an u
 Evaluation: every utterance exactly once, grouped by bucket, batches filled up with padding rows
 (`index == -1`).  Utterances that do not fit the buckets are reported (`check_utterances`), never
 dropped silently.  Everything here is host-side NumPy.
+
+Per-speaker feature statistics (Kaldi's CMVN, `compute-cmvn-stats --spk2utt` / `apply-cmvn --utt2spk`):
+a strategy given `speaker_statistics` (a split's mean and standard deviation per feature bin of each
+speaker, `SpeakerStatistics`) puts each row's speaker's into its batches as `feature_mean` and
+`feature_std`.  A record's speaker is `speaker_of(record)`: its `speaker`, or for "" (unknown) its own
+`id`, as Kaldi's utt2spk maps an utterance without a speaker to itself.
 """
 
 import collections
 import dataclasses
 import sys
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -35,18 +41,35 @@ PLANS_CACHED = 4  # epochs whose plan a training dataset keeps
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeakerStatistics:
+  """One split's feature statistics per speaker: speaker `s` (a `speaker_of` value) has row `rows[s]` of
+  `mean` and `std` `[speakers, bins]`."""
+  rows: Mapping[str, int]
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def bins(self) -> int:
+    return self.mean.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
 class Utterances:
   """Bucketing: audio padded to the smallest of `bucket_samples` (ascending) that holds it, text to `max_tokens`.
 
   `encode_text` (the task's tokenizer) turns a transcript into token ids; the batching methods
   (`train`, `evaluate`, `count_batches`, the interface of `data_pipelines.pipeline`'s strategies) use it.
   `unknown_characters` (the tokenizer's) gives the characters of a transcript that encode as `<unk>`:
-  each split that has some is reported once (`check_utterances`).
+  each split that has some is reported once (`check_utterances`).  `speaker_statistics` (the task's)
+  gives the `SpeakerStatistics` of a source's split; with it, batches also hold `feature_mean` and
+  `feature_std` `float32[b, bins]`, each row its speaker's (zeros in padding rows).
   """
   bucket_samples: tuple[int, ...]
   max_tokens: int
   encode_text: EncodeText | None = dataclasses.field(default=None, compare=False, repr=False)
   unknown_characters: Callable[[str], str] | None = dataclasses.field(default=None, compare=False, repr=False)
+  speaker_statistics: Callable[[Sequence], SpeakerStatistics] | None = dataclasses.field(default=None, compare=False,
+                                                                                         repr=False)
 
   def __post_init__(self):
     buckets = tuple(int(b) for b in self.bucket_samples)
@@ -104,6 +127,12 @@ def _record_id(record, index: int) -> str:
 
 def _num_samples(record) -> int:
   return int(record["num_samples"]) if "num_samples" in record else len(record["audio"])
+
+
+def speaker_of(record) -> str:
+  """The speaker whose statistics normalise `record`: its `speaker`, or its own `id` when it has none ("")."""
+  speaker = _text(record.get("speaker", ""))
+  return speaker or _text(record["id"])
 
 
 def _encode(encode_text: EncodeText, record) -> np.ndarray:
@@ -205,13 +234,32 @@ def epoch_plan(buckets: np.ndarray, num_buckets: int, global_batch_size: int, se
   return np.concatenate(rows)[batch_order], np.concatenate(batch_buckets)[batch_order]
 
 
+def _split_speakers(source: Sequence, strategy: Utterances) -> SpeakerStatistics | None:
+  """The speaker statistics of `source`'s split (see `Utterances`), or None when the strategy has none."""
+  return None if strategy.speaker_statistics is None else strategy.speaker_statistics(source)
+
+
+def _add_speaker_statistics(batch: dict, row: int, record, index: int, speakers: SpeakerStatistics) -> None:
+  speaker = speaker_of(record)
+  if speaker not in speakers.rows:
+    raise DataError(f"record {_record_id(record, index)!r} (index {index}) has speaker {speaker!r}, whose feature "
+                    "statistics were not measured: the split changed since the run measured them; delete the run's "
+                    "feature_stats.json and rerun training to measure them again")
+  batch["feature_mean"][row] = speakers.mean[speakers.rows[speaker]]
+  batch["feature_std"][row] = speakers.std[speakers.rows[speaker]]
+
+
 def load_batch(source: Sequence, strategy: Utterances, encode_text: EncodeText, indices: Sequence[int],
-               bucket: int) -> dict[str, np.ndarray]:
-  """Rows `indices` of `source` (-1: a padding row) padded to bucket `bucket` and `max_tokens`."""
+               bucket: int, speakers: SpeakerStatistics | None = None) -> dict[str, np.ndarray]:
+  """Rows `indices` of `source` (-1: a padding row) padded to bucket `bucket` and `max_tokens`, with each
+  row's speaker statistics from `speakers` (`_split_speakers`) where given."""
   rows, length = len(indices), strategy.bucket_samples[bucket]
   batch = {"audio": np.zeros((rows, length), np.float32), "audio_lengths": np.zeros(rows, np.int32),
            "tokens": np.zeros((rows, strategy.max_tokens), np.int32), "token_lengths": np.zeros(rows, np.int32),
            "index": np.asarray(indices, np.int32)}
+  if speakers is not None:
+    batch["feature_mean"] = np.zeros((rows, speakers.bins), np.float32)
+    batch["feature_std"] = np.zeros((rows, speakers.bins), np.float32)
   for row, index in enumerate(indices):
     if index < 0:
       continue
@@ -226,6 +274,8 @@ def load_batch(source: Sequence, strategy: Utterances, encode_text: EncodeText, 
     batch["audio_lengths"][row] = audio.shape[0]
     batch["tokens"][row, :tokens.shape[0]] = tokens
     batch["token_lengths"][row] = tokens.shape[0]
+    if speakers is not None:
+      _add_speaker_statistics(batch, row, record, int(index), speakers)
   return batch
 
 
@@ -233,8 +283,8 @@ class _TrainBatches:
   """Global step → this process's local batch; per-epoch plans kept in a small LRU cache (thread-safe)."""
 
   def __init__(self, source, strategy, encode_text, buckets, global_batch_size, batches_per_epoch,
-               process_index, local_batch_size, seed):
-    self.source, self.strategy, self.encode_text = source, strategy, encode_text
+               process_index, local_batch_size, seed, speakers):
+    self.source, self.strategy, self.encode_text, self.speakers = source, strategy, encode_text, speakers
     self.buckets, self.global_batch_size, self.batches_per_epoch = buckets, global_batch_size, batches_per_epoch
     self.rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
     self.seed = seed
@@ -262,7 +312,7 @@ class _TrainBatches:
   def __call__(self, step: int, batch_in_epoch: int) -> dict[str, np.ndarray]:
     indices, buckets = self.plan(step // self.batches_per_epoch)
     return load_batch(self.source, self.strategy, self.encode_text, indices[batch_in_epoch, self.rows],
-                      int(buckets[batch_in_epoch]))
+                      int(buckets[batch_in_epoch]), self.speakers)
 
 
 def train_dataset(source: Sequence, strategy: Utterances, *, encode_text: EncodeText, global_batch_size: int,
@@ -270,10 +320,12 @@ def train_dataset(source: Sequence, strategy: Utterances, *, encode_text: Encode
                   prefetch: int = 2, what: str = "the training split") -> grain.IterDataset:
   """Endless local batches (`global_batch_size // process_count` rows) of whole utterances:
   `{"audio": float32[b, bucket], "audio_lengths": int32[b], "tokens": int32[b, max_tokens],
-  "token_lengths": int32[b], "index": int32[b]}` (`index`: the record's index in `source`), every row of a
-  batch from the same bucket, zero past its lengths.  Raises `DataError` before reading a batch when an
-  utterance does not fit `strategy` (see `check_utterances`) or no bucket holds a full global batch."""
+  "token_lengths": int32[b], "index": int32[b]}` (`index`: the record's index in `source`; and with the
+  strategy's `speaker_statistics`, `feature_mean` and `feature_std`), every row of a batch from the same
+  bucket, zero past its lengths.  Raises `DataError` before reading a batch when an utterance does not fit
+  `strategy` (see `check_utterances`) or no bucket holds a full global batch."""
   local_batch_size = _check_processes(global_batch_size, process_index, process_count)
+  speakers = _split_speakers(source, strategy)
   buckets = strategy.buckets_of(check_utterances(source, strategy, encode_text, what=what))
   counts = np.bincount(buckets, minlength=strategy.num_buckets)
   batches_per_epoch = int((counts // global_batch_size).sum())
@@ -283,7 +335,7 @@ def train_dataset(source: Sequence, strategy: Utterances, *, encode_text: Encode
                     f"(utterances per bucket, by its samples: {per_bucket}); lower --config.batch_size, use fewer or "
                     "wider buckets, or train on a larger split")
   to_batch = _TrainBatches(source, strategy, encode_text, buckets, global_batch_size, batches_per_epoch,
-                           process_index, local_batch_size, seed)
+                           process_index, local_batch_size, seed, speakers)
   dataset = grain.MapDataset.range(batches_per_epoch).repeat(None).map_with_index(to_batch)
   # each element is a whole batch: read `prefetch` ahead, and at least one for every thread
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads))
@@ -311,13 +363,14 @@ def eval_batches(source: Sequence, strategy: Utterances, *, encode_text: EncodeT
   `index == -1`, lengths 0 and zero audio and tokens.  Every process runs the same `count_eval_batches`
   batches of the same shapes.  Raises `DataError` (at the call) when an utterance does not fit `strategy`."""
   local_batch_size = _check_processes(global_batch_size, process_index, process_count)
+  speakers = _split_speakers(source, strategy)
   buckets = strategy.buckets_of(check_utterances(source, strategy, encode_text, what=what))
   indices, batch_buckets = eval_plan(buckets, strategy.num_buckets, global_batch_size)
   rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
 
   def batches():
     for batch_indices, bucket in zip(indices, batch_buckets):
-      yield load_batch(source, strategy, encode_text, batch_indices[rows], int(bucket))
+      yield load_batch(source, strategy, encode_text, batch_indices[rows], int(bucket), speakers)
 
   return batches()
 

@@ -11,14 +11,16 @@ split; `ctc_greedy_wer` is greedy CTC alone.  A trivial system (the empty transc
 
 Tiny scale (the embedded `synth_speech` corpus, built on first use in about a minute):
   python run.py reproduce gulati_2020_conformer --scale tiny --workdir runs/conformer
-  2 CPU cores: 15 min 16 s for the three rows (S 3.2, M 3.8, L 5.8 min of training at batch 16, 1200 steps;
-  the corpus already built).  Measured 2026-12-04 (jax 0.10.2, CPU): WER S 0.672, M 0.566, L 0.594 (CER 0.220 /
-  0.172 / 0.194; greedy CTC alone 0.788 / 0.680 / 0.755), against 1.0 for the empty transcript; an earlier run
-  that day, before the depthwise convolution's rewrite (equal within 5e-7), gave 0.660 / 0.579 / 0.591 in
-  16 min 49 s.  Most errors are spelling (`"she travelled to ireland"` → `"she traveld toir lond"`): a
-  character model learns orthography from 3,000 utterances in 6 epochs, so every row is far from the paper's
-  few percent.  The paper's ordering holds from S to M and breaks at L: with the same 1200 steps the largest
-  model (2.4 M parameters) is not yet better trained than M; the paper trains each size to convergence on 960 h.
+  2 CPU cores, from a clean clone: 14 min 45 s for the three rows (S 3.3, M 4.0, L 6.0 min of training at batch
+  16, 1200 steps; the corpus already built).  Measured 2026-12-04 (jax 0.10.2, CPU): WER S 0.655, M 0.564,
+  L 0.571 (CER 0.215 / 0.172 / 0.189; greedy CTC alone 0.793 / 0.711 / 0.732), against 1.0 for the empty
+  transcript.  Earlier runs that day: 0.672 / 0.566 / 0.594 (before the depthwise convolution's gradients were
+  written out, the same function to float rounding) and 0.660 / 0.579 / 0.591 (before its rewrite as shifted
+  copies; equal within 5e-7), 16 min 49 s.  Most errors are spelling (`"she travelled to ireland"` →
+  `"she traveld toir lond"`): a character model learns orthography from 3,000 utterances in 6 epochs, so every
+  row is far from the paper's few percent.  The paper's ordering holds from S to M and breaks at L (level with
+  M): with the same 1200 steps the largest model (2.4 M parameters) is not yet better trained than M; the paper
+  trains each size to convergence on 960 h.
   Tiny models: 4 Conformer blocks (L: 5) of d 64 / 96 / 128, kernel 15, one decoder block, 32-channel
   subsampling convolutions, no SpecAugment (it slows convergence more than it helps in 6 epochs), AdamW at
   5e-3 with 150 warm-up steps and cosine decay.

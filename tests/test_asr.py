@@ -1,7 +1,8 @@
 """Speech recognition end to end on a tiny synth_speech build: the tokenizer made from the training split,
 bucketed utterance batches, the joint CTC/attention loss and its logged parts, greedy-CTC evaluation, and
 `run.py transcribe` (several files batched, a long file in chunks, a broken file, the wrong kind of run; beam
-search with forced-alignment word times)."""
+search with forced-alignment word times); and a run normalised per speaker (train, evaluate, transcribe, a
+split without statistics)."""
 
 import json
 import os
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from afx.errors import ConfigError
 from afx.text import load_tokenizer
 from afx.train import load_config, train
+from afx.train.inference import evaluate, transcribe
 from data_pipelines import get_builder, prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +50,8 @@ def get_config(variant=None):
       eval_split="validation", test_split="test", bucket_seconds=(8.0,), max_tokens=120, num_threads=2,
       builder_kwargs=ml_collections.ConfigDict(dict(split_sizes={splits!r}, num_workers=1))))
   config.model = ml_collections.ConfigDict(dict(
-      name="speech_transformer", num_mel_bins=40, use_deltas=False, normalization="global", d_model=32, num_heads=2, mlp_dim=64,
-      encoder_layers=1, decoder_layers=1, conv_channels=8, dropout_rate=0.0))
+      name="speech_transformer", num_mel_bins=40, use_deltas=False, normalization={normalization!r}, d_model=32,
+      num_heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=1, conv_channels=8, dropout_rate=0.0))
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=3e-3, b1=0.9, b2=0.98, weight_decay=0.0, schedule="cosine", warmup_steps=4,
       end_factor=0.0, grad_clip_norm=5.0))
@@ -57,13 +60,34 @@ def get_config(variant=None):
 
 
 @pytest.fixture(scope="module")
-def asr_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("asr")
-  path = root / "asr_config.py"
-  path.write_text(ASR_CONFIG.format(data_dir=str(root / "data"), splits=SPLITS))
-  workdir = str(root / "run")
-  results = train(load_config(str(path)), workdir)
-  return str(path), workdir, results
+def asr_root(tmp_path_factory):
+  """Where this module's runs and their shared synth_speech build live."""
+  return tmp_path_factory.mktemp("asr")
+
+
+def _config_file(root, normalization: str) -> str:
+  path = root / f"asr_{normalization}_config.py"
+  path.write_text(ASR_CONFIG.format(data_dir=str(root / "data"), splits=SPLITS, normalization=normalization))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def asr_run(asr_root):
+  path = _config_file(asr_root, "global")
+  workdir = str(asr_root / "run")
+  results = train(load_config(path), workdir)
+  return path, workdir, results
+
+
+@pytest.fixture(scope="module")
+def speaker_run(asr_root):
+  """A shorter run normalised per speaker, validated once during training."""
+  path = _config_file(asr_root, "speaker")
+  config = load_config(path)
+  config.update(total_steps=12, checkpoint_every=12, log_every=6)
+  config.evals.val.every = 6
+  workdir = str(asr_root / "speaker_run")
+  return path, workdir, train(config, workdir)
 
 
 def _source(config_path, split):
@@ -155,3 +179,36 @@ def test_transcribe_needs_an_asr_run(trained_workdir, tmp_path):
   result = run_cli("transcribe", "--workdir", trained_workdir, audio)
   assert result.returncode == 2 and "`run.py transcribe` needs a run of asr" in result.stderr
   assert "this run serves `run.py predict`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_normalised_per_speaker_measures_each_split_trains_evaluates_and_transcribes(speaker_run, tmp_path):
+  config_path, workdir, results = speaker_run
+  with open(os.path.join(workdir, "feature_stats.json")) as f:
+    stats = json.load(f)
+  assert sorted(stats["speakers"]) == sorted(SPLITS)  # each split its config reads, test speakers from test
+  for split, size in SPLITS.items():
+    source = _source(config_path, split)
+    speakers = {source[i]["speaker"].decode() for i in range(len(source))}
+    assert set(stats["speakers"][split]) == speakers
+    assert sum(entry["utterances"] for entry in stats["speakers"][split].values()) == size
+  assert stats["utterances"] == SPLITS["train"] and len(stats["mean"]) == 40  # the global keys beside them
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if "val_ctc_greedy_wer" in r] == [6]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  assert results["utterances"] == SPLITS["test"] and 0.0 <= results["wer"] and 0.0 <= results["ctc_greedy_cer"]
+
+  source = _source(config_path, "test")
+  utterances = [np.asarray(source[i]["audio"], np.float32) / 32768.0 for i in range(3)]
+  short, long = str(tmp_path / "short.wav"), str(tmp_path / "long.wav")
+  sf.write(short, utterances[0], 16000)
+  sf.write(long, np.concatenate(utterances + utterances), 16000)  # in chunks: its statistics from all of them
+  together = list(transcribe(workdir, [short, long]))
+  alone = list(transcribe(workdir, [short]))
+  assert [line["file"] for line in together] == [short, long]
+  assert all(isinstance(line["text"], str) for line in together)
+  assert together[0] == alone[0]  # a file is its own speaker: the other files change nothing
+
+  with pytest.raises(ConfigError) as error:  # a split training did not measure
+    evaluate(workdir, "train[:4]")
+  assert "feature_stats.json" in str(error.value) and "'train[:4]'" in str(error.value)

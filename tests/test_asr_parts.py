@@ -1,7 +1,9 @@
 """Speech recognition's parts: the front end (against librosa and Kaldi's definitions), CTC loss masking,
 greedy decoding and forced alignment (against plain Python and NumPy), label smoothing (against its formula),
-and the Speech-Transformer's shapes and padding invariance."""
+the Speech-Transformer's shapes and padding invariance, and global and per-speaker feature statistics and
+normalisation (against NumPy)."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -14,9 +16,11 @@ from afx.decoding import ctc
 from afx.errors import ConfigError
 from afx.layers import speech
 from afx.models import build_model
-from afx.tasks.asr import SpeechRecognitionTask, smoothed_cross_entropy
+from afx.tasks.asr import (MeasuredSpeakers, SpeechRecognitionTask, feature_statistics, smoothed_cross_entropy,
+                           speaker_stats_of, speaker_statistics)
 from afx.text import build_tokenizer
 from afx.train.optim import noam_schedule
+from data_pipelines.utterances import Utterances
 
 
 def test_deltas_match_librosa_on_each_utterance_and_padding_stays_zero():
@@ -250,23 +254,31 @@ def test_noam_schedule_peaks_at_the_warmup_and_decays_as_one_over_sqrt_step():
   assert float(schedule(0)) == pytest.approx(2e-3 / 1000)
 
 
+STATS_BATCHING = Utterances((8000, 12000), 8, encode_text=lambda text: np.ones(len(text), np.int64))
+
+
+def _front_end(normalization):
+  return build_model({"name": "speech_transformer", "num_mel_bins": 20, "use_deltas": True,
+                      "normalization": normalization, "d_model": 16, "num_heads": 2, "mlp_dim": 16, "encoder_layers": 1,
+                      "decoder_layers": 0, "conv_channels": 4, "spec_augment": False}, vocab_size=5, sample_rate=16000)
+
+
+def _frames_alone(front_end, record):
+  """The raw features of one utterance on its own, unpadded, as float64."""
+  audio = record["audio"].astype(np.float32)[None] / 32768.0
+  x, counts = front_end.apply({}, jnp.asarray(audio), jnp.asarray([audio.shape[1]]), method="raw_features")
+  return np.asarray(x[0, :int(counts[0])], np.float64)
+
+
 def test_global_statistics_are_numpys_over_every_valid_frame_and_global_normalisation_applies_them():
-  from afx.tasks.asr import feature_statistics
-  from data_pipelines.utterances import Utterances
   rng = np.random.default_rng(5)
   lengths = [4000, 9000, 6500, 12000, 3000]
   source = [{"audio": (rng.normal(scale=3000, size=n)).astype(np.int16), "text": "ab", "id": f"u{i}"}
             for i, n in enumerate(lengths)]
-  front_end = build_model({"name": "speech_transformer", "num_mel_bins": 20, "use_deltas": True, "normalization": "none",
-                           "d_model": 16, "num_heads": 2, "mlp_dim": 16, "encoder_layers": 1, "decoder_layers": 0,
-                           "conv_channels": 4}, vocab_size=5, sample_rate=16000)
-  batching = Utterances((8000, 12000), 8, encode_text=lambda text: np.ones(len(text), np.int64))
+  front_end = _front_end("none")
+  batching = STATS_BATCHING
   stats = feature_statistics(front_end, source, batching, batch_size=2)
-
-  def alone(record):
-    audio = record["audio"].astype(np.float32)[None] / 32768.0
-    x, counts = front_end.apply({}, jnp.asarray(audio), jnp.asarray([audio.shape[1]]), method="raw_features")
-    return np.asarray(x[0, :int(counts[0])], np.float64)
+  alone = lambda record: _frames_alone(front_end, record)
 
   frames = np.concatenate([alone(record) for record in source])
   assert stats["frames"] == frames.shape[0] and stats["utterances"] == 5
@@ -285,3 +297,101 @@ def test_global_statistics_are_numpys_over_every_valid_frame_and_global_normalis
                             "conv_channels": 4}, vocab_size=5, sample_rate=16000)
   with pytest.raises(ConfigError, match="feature_stats.json"):
     unmeasured.apply({}, jnp.zeros((1, 4000)), jnp.asarray([4000]), train=False, method="features")
+
+
+class _Split(list):
+  """Records of a named split, as `afx.train.data.Dataset.source` gives them."""
+
+  def __init__(self, records, split):
+    super().__init__(records)
+    self.split = split
+
+
+# Records 3 and 5 have no speaker ("", as a speech dataset stores an unknown one): each is its own speaker.
+SPEAKERS = [b"ann", "bob", b"ann", "", "ann", b""]
+SPEAKER_MEMBERS = {"ann": [0, 2, 4], "bob": [1], "u3": [3], "u5": [5]}
+
+
+def _speaker_source():
+  rng = np.random.default_rng(9)
+  lengths = [4000, 9000, 6500, 12000, 3000, 7000]
+  return [{"audio": (rng.normal(scale=1000 * (1 + i), size=n)).astype(np.int16), "text": "ab", "id": f"u{i}",
+           "speaker": speaker} for i, (n, speaker) in enumerate(zip(lengths, SPEAKERS))]
+
+
+def test_speaker_statistics_are_numpys_over_each_speakers_frames_and_an_unlabelled_utterance_is_its_own():
+  source = _speaker_source()
+  front_end = _front_end("none")
+  overall, speakers = speaker_statistics(front_end, source, STATS_BATCHING, batch_size=2)
+  frames = [_frames_alone(front_end, record) for record in source]
+  assert sorted(speakers) == sorted(SPEAKER_MEMBERS)
+  for speaker, members in SPEAKER_MEMBERS.items():
+    pooled = np.concatenate([frames[i] for i in members])
+    assert speakers[speaker]["utterances"] == len(members) and speakers[speaker]["frames"] == pooled.shape[0]
+    np.testing.assert_allclose(speakers[speaker]["mean"], pooled.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(speakers[speaker]["std"], pooled.std(axis=0), rtol=1e-4, atol=1e-4)
+  everything = np.concatenate(frames)
+  assert overall["utterances"] == len(source) and overall["frames"] == everything.shape[0]
+  np.testing.assert_allclose(overall["mean"], everything.mean(axis=0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(overall["std"], everything.std(axis=0), rtol=1e-4, atol=1e-4)
+
+
+def test_speaker_normalisation_gives_each_row_its_speakers_numpy_normalisation_whatever_its_batch():
+  source = _Split(_speaker_source(), "dev")
+  raw = [_frames_alone(_front_end("none"), record) for record in source]
+  reference = {}  # NumPy's statistics of each speaker, and the model's input made from NumPy's too
+  for speaker, members in SPEAKER_MEMBERS.items():
+    pooled = np.concatenate([raw[i] for i in members])
+    reference[speaker] = {"mean": pooled.mean(axis=0).tolist(), "std": pooled.std(axis=0).tolist()}
+  measured = MeasuredSpeakers.from_json("feature_stats.json", {"dev": reference})
+  batching = dataclasses.replace(STATS_BATCHING, speaker_statistics=measured)
+  model = _front_end("speaker")
+  features = jax.jit(lambda batch: model.apply({}, batch["audio"], batch["audio_lengths"], speaker_stats_of(batch),
+                                               train=False, method="features"))
+  speaker_of_record = {i: speaker for speaker, members in SPEAKER_MEMBERS.items() for i in members}
+  padding_rows = 0
+  for batch_size in (2, 4):  # other neighbours and, at 4, padding rows (index -1) beside the longer bucket's two
+    for batch in batching.evaluate(source, batch_size=batch_size):
+      x, lengths = map(np.asarray, features(batch))
+      for row, index in enumerate(batch["index"]):
+        if index < 0:
+          padding_rows += 1
+          assert np.all(x[row] == 0)  # finite: a padding row's std is 0
+          continue
+        stats = reference[speaker_of_record[index]]
+        expected = (raw[index] - np.asarray(stats["mean"])) / np.asarray(stats["std"])
+        assert lengths[row] == raw[index].shape[0]
+        np.testing.assert_allclose(x[row, :lengths[row]], expected, rtol=1e-4, atol=1e-4)
+        assert np.all(x[row, lengths[row]:] == 0)
+  assert padding_rows == 2
+  with pytest.raises(ConfigError, match="needs each utterance's speaker statistics"):
+    model.apply({}, jnp.zeros((1, 4000)), jnp.asarray([4000]), train=False, method="features")
+
+
+def test_a_split_without_speaker_statistics_is_one_line_naming_the_file_and_the_fix():
+  measured = MeasuredSpeakers.from_json("/runs/x/feature_stats.json", {"train": {"ann": {"mean": [0.0], "std": [1.0]}}})
+  batching = dataclasses.replace(STATS_BATCHING, speaker_statistics=measured)
+  with pytest.raises(ConfigError) as error:
+    batching.evaluate(_Split(_speaker_source(), "test"), batch_size=2)
+  message = str(error.value)
+  assert "\n" not in message and "/runs/x/feature_stats.json" in message and "'test'" in message
+  assert "it has: train" in message and "rerun `run.py train`" in message
+
+
+def test_transcribed_files_are_each_their_own_speaker_over_all_of_their_chunks():
+  source = _speaker_source()
+  front_end = _front_end("none")
+  files = ["a.wav", "b.wav", "a.wav"]  # chunks 0 and 2 are one file's
+  audio = np.zeros((3, 12000), np.float32)
+  lengths = np.array([len(source[i]["audio"]) for i in range(3)], np.int32)
+  for row in range(3):
+    audio[row, :lengths[row]] = source[row]["audio"] / 32768.0
+  rows = jax.jit(lambda batch: SpeechRecognitionTask.feature_sum_rows(front_end, {}, batch))(
+      {"audio": audio, "audio_lengths": lengths})
+  arrays = SpeechRecognitionTask.speaker_arrays(jax.device_get(rows), files)
+  raw = [_frames_alone(front_end, source[i]) for i in range(3)]
+  assert arrays["feature_mean"].shape == arrays["feature_std"].shape == (3, 60)
+  for row, members in ((0, [0, 2]), (1, [1]), (2, [0, 2])):
+    pooled = np.concatenate([raw[i] for i in members])
+    np.testing.assert_allclose(arrays["feature_mean"][row], pooled.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(arrays["feature_std"][row], pooled.std(axis=0), rtol=1e-4, atol=1e-4)

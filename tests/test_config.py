@@ -75,5 +75,10 @@ def test_every_asr_table_row_builds_its_model_at_both_scales(table):
       config = config_lib.load_config(f"{path}:{variant}")
       assert config.task == "asr" and config.evals.beam.kind == "beam_search" and config.evals.beam.final
       model = models.build_model(config.model, vocab_size=32, feature_stats=None, sample_rate=16000)
-      shapes = jax.eval_shape(model.init, jax.random.key(0), audio, jnp.array([8000]), tokens, jnp.array([5]))
+      speaker_stats = None  # normalization "speaker": each row's speaker's mean and std per bin
+      if config.model.normalization == "speaker":
+        raw, _ = jax.eval_shape(lambda: model.apply({}, audio, jnp.array([8000]), method="raw_features"))
+        speaker_stats = (jnp.zeros((1, raw.shape[-1])), jnp.ones((1, raw.shape[-1])))
+      shapes = jax.eval_shape(model.init, jax.random.key(0), audio, jnp.array([8000]), tokens, jnp.array([5]),
+                              speaker_stats)
       assert models.parameter_count(shapes["params"]) > 0

@@ -215,3 +215,29 @@ def test_transcripts_with_unknown_characters_are_reported_once_and_kept(capsys):
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1, lines
   assert lines[0].startswith("wsj test_eval92: 2 of 12 transcripts") and "'zé'" in lines[0] and "utt-003" in lines[0]
+
+
+def test_batches_carry_each_rows_speakers_statistics_an_unlabelled_utterance_its_own():
+  source = make_source(num_utterances=24)
+  for i, record in enumerate(source):
+    record["speaker"] = b"" if i % 5 == 0 else f"s{i % 3}".encode()  # tfds-like bytes; "" is unknown
+  speakers = sorted({"s0", "s1", "s2"} | {f"utt-{i:03d}" for i in range(0, 24, 5)})
+  table = utterances.SpeakerStatistics({name: row for row, name in enumerate(speakers)},
+                                       np.arange(len(speakers) * 2, dtype=np.float32).reshape(-1, 2),
+                                       np.arange(1, len(speakers) * 2 + 1, dtype=np.float32).reshape(-1, 2))
+  strategy = utterances.Utterances(STRATEGY.bucket_samples, STRATEGY.max_tokens, speaker_statistics=lambda _: table)
+  train = iter(utterances.train_dataset(source, strategy, encode_text=encode_text, global_batch_size=4, seed=0,
+                                        num_threads=1))
+  evaluation = utterances.eval_batches(source, strategy, encode_text=encode_text, global_batch_size=4)
+  padding_rows = 0
+  for batch in [next(train) for _ in range(3)] + list(evaluation):
+    assert batch["feature_mean"].shape == batch["feature_std"].shape == (4, 2)
+    for row, index in enumerate(batch["index"]):
+      if index < 0:
+        padding_rows += 1
+        assert not batch["feature_mean"][row].any() and not batch["feature_std"][row].any()
+        continue
+      speaker = f"utt-{index:03d}" if index % 5 == 0 else f"s{index % 3}"
+      np.testing.assert_array_equal(batch["feature_mean"][row], table.mean[table.rows[speaker]])
+      np.testing.assert_array_equal(batch["feature_std"][row], table.std[table.rows[speaker]])
+  assert padding_rows > 0

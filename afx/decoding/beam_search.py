@@ -111,8 +111,8 @@ def ctc_extend(log_probs, lengths, r_prev, last, prefix_lengths, tokens, *, blan
   """The CTC forward variables of each hypothesis's prefix g (as in `ctc_prefix_scores`) extended by its
   `tokens [batch, hyps]`: `[frames, batch, hyps, 2]` (r_t^n, r_t^b of g + c), the next step's `r_prev`.
 
-  r^n_t = log(e^{r^n_{t−1}} + e^{phi_{t−1}}) + x_t(c) and r^b_t = log(e^{r^b_{t−1}} + e^{r^n_{t−1}}) + x_t(blank)
-  from r_{−1} = LOGZERO, each solved by `_log_linear_recurrence` in log(frames) parallel steps rather than a
+  r^n_t = log(e^{r^n_{t−1}} + e^{phi_{t−1}}) + x_t(c) and
+  r^b_t = log(e^{r^b_{t−1}} + e^{r^n_{t−1}}) + x_t(blank) from r_{−1} = LOGZERO, each solved by `_log_linear_recurrence` in log(frames) parallel steps rather than a
   sequential step per frame.  Past an utterance's length the state is carried unchanged (ESPnet pads with
   blank probability 1, which leaves r^n + r^b unchanged too)."""
   x_token, x_blank, phi_before, valid = (term[..., 0] for term in _ctc_extension_terms(

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from afx.audio import kaldi
 from afx.errors import ConfigError
 
-NORMALIZATIONS = ("utterance", "global", "none")
+NORMALIZATIONS = ("utterance", "global", "speaker", "none")
 
 
 def valid_mask(lengths, size: int):
@@ -70,6 +70,13 @@ def global_normalize(features, lengths, mean, std):
   mask = valid_mask(lengths, features.shape[1])[..., None]
   mean, std = jnp.asarray(mean, features.dtype), jnp.asarray(std, features.dtype)
   return jnp.where(mask, (features - mean) / std, 0.0)
+
+
+def speaker_normalize(features, lengths, mean, std):
+  """`(features − mean) / std` per bin with each row's own statistics `mean, std [batch, bins]` (its speaker's:
+  Kaldi's `apply-cmvn --utt2spk`); padding stays zero, and a row with std 0 (a padding row) is all zeros."""
+  std = jnp.asarray(std, features.dtype)
+  return global_normalize(features, lengths, jnp.asarray(mean)[:, None], jnp.where(std > 0, std, 1.0)[:, None])
 
 
 def _mask_spans(rng, lengths, size: int, *, count: int, max_width):
@@ -158,7 +165,8 @@ class SpeechFrontEnd(nn.Module):
     sample_rate, num_mel_bins, use_deltas: 25 ms / 10 ms Kaldi filterbanks (Δ and ΔΔ triple the bins).
     normalization: "utterance" (mean and variance per utterance, ESPnet's `utterance_mvn`), "global" (the
       training split's per-bin mean and standard deviation, `feature_stats`, which the `asr` task computes
-      before training: ESPnet's `global_mvn`) or "none".
+      before training: ESPnet's `global_mvn`), "speaker" (each utterance by its speaker's per-bin mean and
+      standard deviation, the `speaker_stats` argument of `features`: Kaldi's per-speaker CMVN) or "none".
     spec_augment: in training, zero `freq_masks` bands of ≤ `freq_width` bins and `time_masks` spans of
       ≤ `time_width` frames (or `time_width_ratio` of each utterance), drawing from the `augment` RNG stream.
   """
@@ -181,8 +189,9 @@ class SpeechFrontEnd(nn.Module):
     x, lengths = filterbank(audio, audio_lengths, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins)
     return (with_deltas(x, lengths) if self.use_deltas else x), lengths
 
-  def features(self, audio, audio_lengths, *, train: bool):
-    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts."""
+  def features(self, audio, audio_lengths, speaker_stats=None, *, train: bool):
+    """Normalised (and, in training, augmented) filterbanks `[batch, frames, bins]` and their frame counts.
+    `speaker_stats`: `(mean, std)` `[batch, bins]`, each row's speaker's, for normalization "speaker" only."""
     if self.normalization not in NORMALIZATIONS:
       raise ConfigError(f"unknown model.normalization {self.normalization!r}; choose one of "
                         f"{', '.join(NORMALIZATIONS)}")
@@ -194,6 +203,11 @@ class SpeechFrontEnd(nn.Module):
         raise ConfigError("model.normalization 'global' needs the training split's feature statistics, which an asr "
                           "run computes into WORKDIR/feature_stats.json before training; train this workdir")
       x = global_normalize(x, lengths, *self.feature_stats)
+    elif self.normalization == "speaker":
+      if speaker_stats is None:
+        raise ConfigError("model.normalization 'speaker' needs each utterance's speaker statistics, which the asr "
+                          "task's batches carry (feature_mean, feature_std); call the model with speaker_stats")
+      x = speaker_normalize(x, lengths, *speaker_stats)
     if train and self.spec_augment:
       x = spec_augment(self.make_rng("augment"), x, lengths, freq_masks=self.freq_masks, freq_width=self.freq_width,
                        time_masks=self.time_masks, time_width=self.time_width, time_width_ratio=self.time_width_ratio)

@@ -79,9 +79,9 @@ class Conformer(TransformerDecoderMixin, SpeechRecognizer, kw_only=True):
       x = block(x, positions, lengths=lengths, train=train)
     return self.encoder_norm(x), lengths
 
-  def encode(self, audio, audio_lengths, *, train: bool = False):
-    """Encoder states `[batch, frames/4, d_model]` and their lengths."""
-    x, lengths = self.features(audio, audio_lengths, train=train)
+  def encode(self, audio, audio_lengths, speaker_stats=None, *, train: bool = False):
+    """Encoder states `[batch, frames/4, d_model]` and their lengths (`speaker_stats`: see `features`)."""
+    x, lengths = self.features(audio, audio_lengths, speaker_stats, train=train)
     return self.encode_features(x, lengths, train=train)
 
 

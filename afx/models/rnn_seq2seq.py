@@ -277,9 +277,10 @@ class RnnSeq2Seq(SpeechRecognizer, kw_only=True):
     """Seconds per encoder frame: the filterbank shift × the encoder's subsampling."""
     return self.subsampling_factor() * self.FRAME_SECONDS
 
-  def encode(self, audio, audio_lengths, *, train: bool = False):
-    """Encoder states `[batch, frames/4, projection_units]` (with the default subsampling) and their lengths."""
-    x, lengths = self.features(audio, audio_lengths, train=train)
+  def encode(self, audio, audio_lengths, speaker_stats=None, *, train: bool = False):
+    """Encoder states `[batch, frames/4, projection_units]` (with the default subsampling) and their lengths
+    (`speaker_stats`: see `features`)."""
+    x, lengths = self.features(audio, audio_lengths, speaker_stats, train=train)
     return self.encoder(x.astype(self.dtype), lengths, train=train)
 
   def decode(self, tokens, token_lengths, encoded, encoded_lengths, *, train: bool = False,

@@ -1,7 +1,8 @@
 """What the `asr` task's models share (`afx.tasks.asr`): the front end, the CTC head's logits, the joint
 forward pass, and ESPnet's Transformer decoder.
 
-  SpeechRecognizer          `__call__(audio, audio_lengths, decoder_inputs, decoder_lengths, train=)` →
+  SpeechRecognizer          `__call__(audio, audio_lengths, decoder_inputs, decoder_lengths, speaker_stats=None,
+                            train=)` →
                             `{"ctc_logits", "encoder_lengths", "decoder_logits"}` from the subclass's `encode`,
                             `ctc_head` and `decode` (no `decoder_logits` when `decoder_layers` is 0)
   TransformerDecoderMixin   `decode` through ESPnet's pre-LN Transformer decoder: Embed · √d_model + sinusoids →
@@ -23,13 +24,15 @@ from afx.layers.transformer import DecoderBlock
 
 
 class SpeechRecognizer(speech.SpeechFrontEnd):
-  """Base of the ASR models: subclasses define `encode`, `decode`, a `ctc_head` and `decoder_layers`."""
+  """Base of the ASR models: subclasses define `encode(audio, audio_lengths, speaker_stats=None, *, train)`
+  (`speaker_stats` goes to the front end's `features`), `decode`, a `ctc_head` and `decoder_layers`."""
 
   def ctc_logits(self, encoded):
     return self.ctc_head(encoded).astype(jnp.float32)
 
-  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, *, train: bool = False):
-    encoded, lengths = self.encode(audio, audio_lengths, train=train)
+  def __call__(self, audio, audio_lengths, decoder_inputs, decoder_lengths, speaker_stats=None, *,
+               train: bool = False):
+    encoded, lengths = self.encode(audio, audio_lengths, speaker_stats, train=train)
     outputs = {"ctc_logits": self.ctc_logits(encoded), "encoder_lengths": lengths}
     if self.decoder_layers:
       outputs["decoder_logits"] = self.decode(decoder_inputs, decoder_lengths, encoded, lengths, train=train)

@@ -1,7 +1,7 @@
 """Speech-Transformer (Dong, Xu & Xu, ICASSP 2018): an attention encoder-decoder over filterbanks, with a CTC
 head on the encoder for joint CTC/attention training and decoding (as ESPnet trains it).
 
-  audio → 80 Kaldi filterbanks (+ Δ, ΔΔ) → per-utterance mean/variance normalisation → SpecAugment (training)
+  audio → 80 Kaldi filterbanks (+ Δ, ΔΔ) → mean/variance normalisation → SpecAugment (training)
         → 2 × (3×3 conv, stride 2, BatchNorm, ReLU), 64 channels → `num_2d_attention` × 2D-attention (optional)
         → Dense(d_model) · √d_model + sinusoids
         → `encoder_layers` pre-LN Transformer blocks → LayerNorm → encoder states (CTC head: Dense(vocab))
@@ -12,9 +12,9 @@ The optional 2D-attention modules (the paper's Fig. 2, `afx.layers.two_d_attenti
 frequency over the convolutions' `[batch, frames/4, bins/4, channels]` maps (`Conv2dSubsampling.convolve`), before
 the projection (`project_maps`); its WSJ row uses 2 (`num_2d_attention`, default 0).
 
-The paper normalises per speaker; afx normalises per utterance (ESPnet's `utterance_mvn`), which needs
-no speaker labels at inference.  Called as the `asr` task says (`afx.tasks.asr`); `encode`,
-`ctc_logits` and `decode` are the pieces that decoding calls on their own.
+The paper normalises per speaker (`normalization: "speaker"`, Kaldi's per-speaker CMVN); the default is per
+utterance (ESPnet's `utterance_mvn`), which needs no speaker labels.  Called as the `asr` task says
+(`afx.tasks.asr`); `encode`, `ctc_logits` and `decode` are the pieces that decoding calls on their own.
 """
 
 import math
@@ -78,9 +78,9 @@ class SpeechTransformer(TransformerDecoderMixin, SpeechRecognizer, kw_only=True)
     x = x * math.sqrt(self.d_model) + sinusoidal_encoding(jnp.arange(x.shape[1]), self.d_model).astype(x.dtype)
     return self.dropout(x, deterministic=not train)
 
-  def encode(self, audio, audio_lengths, *, train: bool = False):
-    """Encoder states `[batch, frames/4, d_model]` and their lengths."""
-    x, lengths = self.features(audio, audio_lengths, train=train)
+  def encode(self, audio, audio_lengths, speaker_stats=None, *, train: bool = False):
+    """Encoder states `[batch, frames/4, d_model]` and their lengths (`speaker_stats`: see `features`)."""
+    x, lengths = self.features(audio, audio_lengths, speaker_stats, train=train)
     maps, lengths = self.subsampling.convolve(x, lengths, train=train)
     for block in self.two_d_attention:
       maps = block(maps, lengths, train=train)

@@ -15,6 +15,26 @@ each summed over an utterance and averaged over the batch, as ESPnet does (its l
 the KL divergence to the smoothed target, which is what is computed here).  Both parts, the decoder's
 token accuracy and the count of utterances too long for CTC are logged beside the loss.
 
+Feature normalisation (the model's `normalization`, `afx.layers.speech.SpeechFrontEnd`): for "global",
+`prepare` measures the training split's per-bin mean and standard deviation (up to `STATS_UTTERANCES`
+utterances, evenly spaced) into `WORKDIR/feature_stats.json`, which the model is built with.  For
+"speaker" (Kaldi's `compute-cmvn-stats --spk2utt` / `apply-cmvn --utt2spk`, as Dong et al. 2018), it
+measures every utterance of every split the run reads (`splits_read`) per speaker of that split
+(`data_pipelines.utterances.speaker_of`: an utterance without a speaker is its own), test speakers from the
+test split itself, into the same file:
+
+  {"mean", "std", "utterances", "frames": the training split's, over all of it,
+   "speakers": {split: {speaker: {"mean", "std", "utterances", "frames"}}}}
+
+and batches carry each utterance's speaker's as `feature_mean` / `feature_std` `[b, bins]`, which reach the
+model's `speaker_stats` argument (`speaker_stats_of`).  The cost: one pass over each split's raw features
+on the device and one more read of its records on the host (their speakers), before training; the file
+holds 2 × bins numbers per speaker, so per utterance for a corpus without speaker labels (whose utterances
+"utterance" normalises alike).  A split measured is not measured again; one not yet measured (a split
+added to the config) is, when training is rerun on the workdir.  `run.py transcribe` knows no speakers:
+each file is its own, its statistics from all of its chunks (`speaker_arrays`, one more pass over the
+file's raw features on the device), and its chunks are decoded with them.
+
 Evaluation: greedy CTC transcripts (on the device) scored against the references on the host:
 `ctc_greedy_wer`, `ctc_greedy_cer`, the decoder's teacher-forced `attention_accuracy`, and `utterances`.
 
@@ -33,6 +53,7 @@ frame).
 import dataclasses
 import json
 import os
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +65,7 @@ from afx.layers.speech import valid_mask
 from afx.tasks.base import register_task
 from afx.text import (SPACE, build_tokenizer, character_error_rate, load_tokenizer, normalize_for_scoring,
                       word_error_rate)
-from data_pipelines.utterances import Utterances
+from data_pipelines.utterances import SpeakerStatistics, Utterances, speaker_of
 
 TOKENIZER_FILE = "tokenizer.json"
 FEATURE_STATS_FILE = "feature_stats.json"
@@ -54,6 +75,48 @@ WORD_START = "\u2581"  # sentencepiece's mark of a piece that begins a word
 
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def speaker_stats_of(batch):
+  """The model's `speaker_stats` argument: `(feature_mean, feature_std)` of a batch that has them, else None."""
+  return (batch["feature_mean"], batch["feature_std"]) if "feature_mean" in batch else None
+
+
+def splits_read(config) -> list[str]:
+  """The splits a run of `config` reads, each once: training, `data.eval_split`, the evaluations' (`evals.*.split`)
+  and the test split."""
+  data = config.data
+  evaluated = [entry.get("split") for entry in (config.get("evals") or {}).values()]
+  return list(dict.fromkeys(split for split in (data.train_split, data.get("eval_split"), *evaluated,
+                                                 data.test_split) if split))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredSpeakers:
+  """The per-speaker feature statistics of the splits `path` (`FEATURE_STATS_FILE`) holds, by split; called
+  with a source, those of its split (its `split`, which `afx.train.data.Dataset.source` gives it)."""
+  path: str
+  splits: Mapping[str, SpeakerStatistics]
+
+  def __call__(self, source) -> SpeakerStatistics:
+    split = getattr(source, "split", None)
+    if split not in self.splits:
+      measured = ", ".join(sorted(self.splits)) or "none"
+      raise ConfigError(f"model.normalization 'speaker' needs the per-speaker feature statistics of split {split!r}, "
+                        f"which {self.path} lacks (it has: {measured}); training measures those of each split its "
+                        "config reads (data.train_split, data.eval_split, data.test_split, evals.*.split): "
+                        "rerun `run.py train` on this workdir with the split among them")
+    return self.splits[split]
+
+  @classmethod
+  def from_json(cls, path: str, speakers: dict) -> "MeasuredSpeakers":
+    """From feature_stats.json's `speakers` (`{split: {speaker: {"mean", "std", ...}}}`)."""
+    def table(entries):
+      names = list(entries)
+      return SpeakerStatistics({name: row for row, name in enumerate(names)},
+                               np.asarray([entries[name]["mean"] for name in names], np.float32),
+                               np.asarray([entries[name]["std"] for name in names], np.float32))
+    return cls(path, {split: table(entries) for split, entries in speakers.items()})
 
 
 def smoothed_cross_entropy(logits, targets, mask, *, smoothing: float):
@@ -78,6 +141,8 @@ class SpeechRecognitionTask:
   ctc_weight: float = 0.3
   label_smoothing: float = 0.1
   feature_stats: tuple | None = None  # (mean, std) per feature bin over the training split (`feature_statistics`)
+  # normalization "speaker": what batches look their speakers' statistics up in (None: batches carry none)
+  speaker_stats: MeasuredSpeakers | None = dataclasses.field(default=None, compare=False)
   headline_metric = "ctc_greedy_wer"
 
   def __post_init__(self):
@@ -88,26 +153,21 @@ class SpeechRecognitionTask:
 
   @classmethod
   def prepare(cls, config, dataset, workdir: str) -> None:
-    """Build the tokenizer from the training split's transcripts into `workdir` unless it is there, and, for
-    a model with `normalization: global`, the training split's feature statistics (`feature_statistics`)."""
+    """Build the tokenizer from the training split's transcripts into `workdir` unless it is there, and the
+    feature statistics the model's normalization needs that `FEATURE_STATS_FILE` lacks (`measure_statistics`)."""
     if jax.process_index() != 0:
       return
     path = os.path.join(workdir, TOKENIZER_FILE)
-    source = dataset.source(config.data.train_split)
     if not os.path.exists(path):
+      source = dataset.source(config.data.train_split)
       options = dict(config.tokenizer)
       kind = options.pop("kind", "characters")
       texts = [_text(source[i]["text"]) for i in range(len(source))]
       build_tokenizer(kind, texts, **options).save(workdir)
     stats_path = os.path.join(workdir, FEATURE_STATS_FILE)
-    if config.model.get("normalization") == "global" and not os.path.exists(stats_path):
-      from afx import models  # the task builds the model's front end only to measure its features
-      task = cls.from_config(config, dataset.info, {}, workdir)
-      front_end = models.build_model({**config.model, "normalization": "none"}, **task.model_kwargs(),
-                                     sample_rate=dataset.info.sample_rate)
-      stats = feature_statistics(front_end, source, task.eval_batching, batch_size=config.get("eval_batch_size") or
-                                 config.batch_size)
-      os.makedirs(workdir, exist_ok=True)
+    saved = _read_json(stats_path) if os.path.exists(stats_path) else {}
+    stats = measure_statistics(cls.from_config(config, dataset.info, {}, workdir), config, dataset, saved)
+    if stats is not None:
       with open(stats_path + ".tmp", "w") as f:
         json.dump(stats, f)
       os.replace(stats_path + ".tmp", stats_path)
@@ -120,18 +180,18 @@ class SpeechRecognitionTask:
     data = config.data
     buckets = tuple(round(seconds * info.sample_rate) for seconds in data.bucket_seconds)
     stats_path = os.path.join(workdir, FEATURE_STATS_FILE)
-    stats = None
-    if os.path.exists(stats_path):
-      with open(stats_path) as f:
-        saved = json.load(f)
-      stats = (tuple(saved["mean"]), tuple(saved["std"]))
+    saved = _read_json(stats_path) if os.path.exists(stats_path) else {}
+    stats = (tuple(saved["mean"]), tuple(saved["std"])) if "mean" in saved else None
+    speakers = None
+    if config.model.get("normalization") == "speaker":
+      speakers = MeasuredSpeakers.from_json(stats_path, saved.get("speakers", {}))
     return cls(load_tokenizer(workdir), buckets, int(data.max_tokens), ctc_weight=float(config.ctc_weight),
-               label_smoothing=float(config.label_smoothing), feature_stats=stats)
+               label_smoothing=float(config.label_smoothing), feature_stats=stats, speaker_stats=speakers)
 
   @property
   def batching(self) -> Utterances:
     return Utterances(self.bucket_samples, self.max_tokens, encode_text=self.tokenizer.encode,
-                      unknown_characters=self.tokenizer.unknown_characters)
+                      unknown_characters=self.tokenizer.unknown_characters, speaker_statistics=self.speaker_stats)
 
   train_batching = eval_batching = batching
 
@@ -141,7 +201,17 @@ class SpeechRecognitionTask:
   def example_inputs(self) -> tuple:
     audio = np.zeros((1, self.bucket_samples[0]), np.float32)
     tokens = np.zeros((1, self.max_tokens + 1), np.int32)
-    return audio, np.full((1,), audio.shape[1], np.int32), tokens, np.ones((1,), np.int32)
+    lengths = np.full((1,), audio.shape[1], np.int32)
+    return audio, lengths, tokens, np.ones((1,), np.int32), self._example_speaker_stats()
+
+  def _example_speaker_stats(self):
+    if self.speaker_stats is None:
+      return None
+    if not self.speaker_stats.splits:
+      raise ConfigError("model.normalization 'speaker' needs per-speaker feature statistics in "
+                        f"{self.speaker_stats.path}, which training writes; train this workdir")
+    bins = next(iter(self.speaker_stats.splits.values())).bins
+    return np.zeros((1, bins), np.float32), np.ones((1, bins), np.float32)
 
   def decoder_sequences(self, batch):
     """`(inputs, targets, lengths)`: `<sos/eos>` + tokens, tokens + `<sos/eos>`, each `[b, max_tokens + 1]`."""
@@ -154,7 +224,7 @@ class SpeechRecognitionTask:
 
   def model_inputs(self, batch):
     inputs, _, lengths = self.decoder_sequences(batch)
-    return batch["audio"], batch["audio_lengths"], inputs, lengths
+    return batch["audio"], batch["audio_lengths"], inputs, lengths, speaker_stats_of(batch)
 
   def _parts(self, outputs, batch):
     """Per-utterance CTC and attention losses, their masks and the decoder's correct-token counts."""
@@ -209,10 +279,24 @@ class SpeechRecognitionTask:
       results["attention_accuracy"] = float(rows["correct"][keep].sum() / max(rows["decoder_tokens"][keep].sum(), 1))
     return results
 
+  @staticmethod
+  def feature_sum_rows(model, variables, batch) -> dict:
+    """`raw_feature_sums` of each row of `batch` through `model`'s front end, jitted (what `speaker_arrays` pools)."""
+    return raw_feature_sums(model, variables, batch["audio"], batch["audio_lengths"])
+
+  @staticmethod
+  def speaker_arrays(rows: dict[str, np.ndarray], speakers: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each row's `feature_mean` and `feature_std` `float32[n, bins]`, its speaker's (`speakers[i]`: row i's) over
+    all rows of that speaker, from their `raw_feature_sums` rows."""
+    names, groups = np.unique(np.asarray(speakers), return_inverse=True)
+    mean, std = mean_and_std(pool_rows(rows, groups, len(names)))
+    return {"feature_mean": mean[groups].astype(np.float32), "feature_std": std[groups].astype(np.float32)}
+
   def transcription_rows(self, model, variables, batch) -> dict:
     """Greedy CTC transcripts of `batch["audio"]` (rows valid up to `batch["audio_lengths"]`), jitted: the
     emitted ids, their counts and the first and last encoder frame of each (see `afx.decoding.ctc.collapse`)."""
-    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], speaker_stats_of(batch),
+                                   method="encode")
     logits = model.apply(variables, encoded, method="ctc_logits")
     tokens, counts, first, last = ctc.greedy_decode(logits, lengths, blank_id=self.tokenizer.blank_id)
     return {"tokens": tokens, "lengths": counts, "first": first, "last": last, "index": batch["index"]}
@@ -223,7 +307,8 @@ class SpeechRecognitionTask:
     if ctc_weight < 1.0 and not getattr(model, "decoder_layers", 1):
       raise ConfigError(f"this {type(model).__name__} has no decoder (decoder_layers=0), so beam search can "
                         f"score by CTC only: pass --ctc-weight 1 (got {ctc_weight})")
-    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], method="encode")
+    encoded, lengths = model.apply(variables, batch["audio"], batch["audio_lengths"], speaker_stats_of(batch),
+                                   method="encode")
     ctc_logits = model.apply(variables, encoded, method="ctc_logits")
     decoder = beam_search.model_decoder(model, variables) if ctc_weight < 1.0 else None
     tokens, counts, _ = beam_search.beam_search(
@@ -307,32 +392,120 @@ class _Every:
     return self.source[int(self.indices[i])]
 
 
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def raw_feature_sums(front_end, variables, audio, audio_lengths) -> dict:
+  """Per row of a padded batch, jittable: `{"sums", "deviations"}` `[b, bins]`, the sums over its valid frames of
+  `front_end`'s `raw_features` (a speech model's filterbanks before normalisation) and of their squared
+  deviations from the row's mean, and `"frames"` `[b]`; only these leave the device.  (Squares summed in float32
+  would lose the variance of bins with a large mean.)"""
+  x, lengths = front_end.apply(variables, audio, audio_lengths, method="raw_features")
+  valid = valid_mask(lengths, x.shape[1])[..., None]
+  sums = jnp.sum(jnp.where(valid, x, 0.0), axis=1)
+  mean = sums / jnp.maximum(lengths, 1)[:, None]
+  deviations = jnp.sum(jnp.where(valid, jnp.square(x - mean[:, None]), 0.0), axis=1)
+  return {"sums": sums, "deviations": deviations, "frames": lengths}
+
+
+_raw_feature_sums = jax.jit(raw_feature_sums, static_argnums=0)  # one compilation per front end and bucket
+
+
+def pool_rows(rows: dict, groups: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:
+  """`raw_feature_sums` rows added up per group in float64 (`groups[i]`: row i's group, −1: left out) as
+  `{"sums", "squares" (of the features) [num_groups, bins], "frames", "utterances" [num_groups]}`."""
+  groups = np.asarray(groups)
+  keep = groups >= 0
+  sums, frames = np.asarray(rows["sums"], np.float64), np.asarray(rows["frames"], np.float64)
+  squares = np.asarray(rows["deviations"], np.float64) + np.square(sums) / np.maximum(frames, 1)[:, None]
+  pooled = {}
+  for key, values in {"sums": sums, "squares": squares, "frames": frames, "utterances": np.ones(len(groups))}.items():
+    pooled[key] = np.zeros((num_groups, *values.shape[1:]))
+    np.add.at(pooled[key], groups[keep], values[keep])
+  return pooled
+
+
+def mean_and_std(pooled: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Per-bin mean and standard deviation of pooled sums (`pool_rows`, any leading axes); the variance is
+  floored at 1e-10, and a group without frames has mean 0."""
+  frames = np.maximum(pooled["frames"], 1)[..., None]
+  mean = pooled["sums"] / frames
+  return mean, np.sqrt(np.maximum(pooled["squares"] / frames - np.square(mean), 1e-10))
+
+
+def _statistics_entry(pooled: dict) -> dict:
+  """One group's `{"mean", "std", "utterances", "frames"}`, as feature_stats.json holds it."""
+  mean, std = mean_and_std(pooled)
+  return {"mean": mean.tolist(), "std": std.tolist(), "utterances": int(pooled["utterances"]),
+          "frames": int(pooled["frames"])}
+
+
+def feature_sums(front_end, source, batching: Utterances, *, batch_size: int, groups: np.ndarray,
+                 num_groups: int) -> dict[str, np.ndarray]:
+  """`pool_rows` of every record of `source` (record i in group `groups[i]`) over `batching`'s evaluation
+  batches: the frames summed on the device (`raw_feature_sums`), the rows added up on the host."""
+  groups = np.asarray(groups)
+  totals = None
+  for batch in batching.evaluate(source, batch_size=batch_size):
+    rows = jax.device_get(_raw_feature_sums(front_end, {}, batch["audio"], batch["audio_lengths"]))
+    index = batch["index"]
+    pooled = pool_rows(rows, np.where(index >= 0, groups[np.maximum(index, 0)], -1), num_groups)
+    totals = pooled if totals is None else {key: totals[key] + pooled[key] for key in totals}
+  return totals
+
+
 def feature_statistics(front_end, source, batching: Utterances, *, batch_size: int,
                        max_utterances: int = STATS_UTTERANCES) -> dict:
   """`{"mean", "std", "utterances", "frames"}`: the per-bin mean and standard deviation of `front_end`'s
-  `raw_features` (a speech model's filterbanks before normalisation) over the valid frames of up to
-  `max_utterances` records of `source`, evenly spaced, batched by `batching`'s buckets (ESPnet's
-  `collect_stats`, from which its `global_mvn` reads)."""
+  `raw_features` over the valid frames of up to `max_utterances` records of `source`, evenly spaced, batched
+  by `batching`'s buckets (ESPnet's `collect_stats`, from which its `global_mvn` reads)."""
   if len(source) > max_utterances:
     source = _Every(source, np.linspace(0, len(source) - 1, max_utterances).round().astype(np.int64))
-  @jax.jit
-  def batch_sums(audio, audio_lengths):  # on the device: only [bins] sums leave it
-    x, lengths = front_end.apply({}, audio, audio_lengths, method="raw_features")
-    x = jnp.where(valid_mask(lengths, x.shape[1])[..., None], x, 0.0)
-    return jnp.sum(x, axis=(0, 1)), jnp.sum(jnp.square(x), axis=(0, 1)), jnp.sum(lengths)
-
-  total = squares = 0.0
-  frames = 0
-  for batch in batching.evaluate(source, batch_size=batch_size):
-    sums, sums_of_squares, count = batch_sums(batch["audio"], batch["audio_lengths"])
-    total = total + np.asarray(sums, np.float64)  # batches add up on the host in float64
-    squares = squares + np.asarray(sums_of_squares, np.float64)
-    frames += int(count)
-  if not frames:
+  totals = feature_sums(front_end, source, batching, batch_size=batch_size, groups=np.zeros(len(source), np.int64),
+                        num_groups=1)
+  if not totals["frames"][0]:
     raise ConfigError("the training split has no frames to measure the feature statistics on")
-  mean = total / frames
-  std = np.sqrt(np.maximum(squares / frames - np.square(mean), 1e-10))
-  return {"mean": mean.tolist(), "std": std.tolist(), "utterances": len(source), "frames": frames}
+  return _statistics_entry({key: value[0] for key, value in totals.items()})
+
+
+def speaker_statistics(front_end, source, batching: Utterances, *, batch_size: int) -> tuple[dict, dict]:
+  """`(over all, {speaker: ...})`: `feature_statistics`' entries over every record of `source` and over each
+  speaker's (`speaker_of`: a record without a speaker is its own) from one pass on the device, after one
+  read of every record on the host for its speaker."""
+  names, groups = np.unique(np.asarray([speaker_of(source[i]) for i in range(len(source))]), return_inverse=True)
+  totals = feature_sums(front_end, source, batching, batch_size=batch_size, groups=groups, num_groups=len(names))
+  overall = _statistics_entry({key: value.sum(axis=0) for key, value in totals.items()})
+  return overall, {str(name): _statistics_entry({key: value[row] for key, value in totals.items()})
+                   for row, name in enumerate(names)}
+
+
+def measure_statistics(task, config, dataset, saved: dict) -> dict | None:
+  """`saved` (feature_stats.json's content) with what the model's normalization needs and it lacks measured:
+  for "global" the training split's statistics (`feature_statistics`), for "speaker" those of each speaker of
+  each split the run reads (`speaker_statistics`, the training split's over all beside them when missing);
+  None when nothing was missing."""
+  normalization = config.model.get("normalization")
+  measure_global = normalization == "global" and "mean" not in saved
+  measured = saved.get("speakers", {})
+  splits = [split for split in splits_read(config) if split not in measured] if normalization == "speaker" else []
+  if not (measure_global or splits):
+    return None
+  from afx import models  # the task builds the model's front end only to measure its features
+  front_end = models.build_model({**config.model, "normalization": "none"}, **task.model_kwargs(),
+                                 sample_rate=dataset.info.sample_rate)
+  measure = dict(batching=dataclasses.replace(task.eval_batching, speaker_statistics=None),  # being measured
+                 batch_size=config.get("eval_batch_size") or config.batch_size)
+  stats = dict(saved)
+  if measure_global:
+    stats.update(feature_statistics(front_end, dataset.source(config.data.train_split), **measure))
+  for split in splits:
+    overall, speakers = speaker_statistics(front_end, dataset.source(split), **measure)
+    stats["speakers"] = {**stats.get("speakers", {}), split: speakers}
+    if split == config.data.train_split and "mean" not in stats:
+      stats.update(overall)
+  return stats
 
 
 # The recipe the ASR tables share (`experiments/dong_2018_speech_transformer.py`, `gulati_2020_conformer.py`,

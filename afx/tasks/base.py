@@ -10,6 +10,8 @@ command-line verbs that need them look for them (`require`), never for a task's 
   transcription_rows(model, variables, batch)   transcripts of audio chunks on the device (`run.py transcribe`)
   beam_transcription_rows(model, variables, batch, beam=, ctc_weight=, length_penalty=)   the same by beam
                                           search (`run.py transcribe --beam`)
+  feature_sum_rows(model, variables, batch), speaker_arrays(rows, speakers)   each file's feature statistics,
+                                          for a model normalised per speaker (`run.py transcribe`)
 
 A task class registers itself under its task names with `@register_task("name", ...)`; `make_task`
 looks the config's `task` up and calls the class's `from_config(config, info, upstream, workdir)`, with

@@ -30,6 +30,7 @@ class InMemorySource:
   def __init__(self, source):
     self._source = source
     self._records = [None] * len(source)
+    self.split = source.split  # as tfds sources have it: what split-keyed statistics are looked up by
 
   def __len__(self) -> int:
     return len(self._records)
@@ -47,7 +48,8 @@ class Dataset:
   info: data_pipelines.DatasetInfo
 
   def source(self, split: str):
-    """The split's examples; ``split`` may join splits and slices, as in ``fold1+fold2[:50%]``."""
+    """The split's examples; ``split`` may join splits and slices, as in ``fold1+fold2[:50%]``.  The source's
+    ``split`` attribute is that expression (e.g. the key of the split's per-speaker feature statistics)."""
     # tfds reads such expressions itself; each named split is checked here for a clearer error.
     for name in split_names(split):
       if name not in self.builder.info.splits:

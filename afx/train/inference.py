@@ -127,7 +127,9 @@ def transcribe(workdir: str, files: Sequence[str], *, beam: int | None = None, c
   penalty from the run's `config.decoding` unless given) with word times from the forced CTC alignment
   of its best hypothesis.  Files longer than the run's longest bucket are cut into chunks between words
   (`chunk_bounds`); the chunks of up to `group` files at a time are decoded together in batches of
-  `eval_batch_size`, each padded to the run's buckets, so many short files cost few device calls.
+  `eval_batch_size`, each padded to the run's buckets, so many short files cost few device calls.  A model
+  that normalises per speaker (`normalization: speaker`) takes each file as its own speaker: its statistics
+  come from all of its chunks (`_file_speaker_arrays`), measured in one more pass before they are decoded.
   """
   transcribe_options(beam, ctc_weight)
   run, state = load_run(workdir)
@@ -139,6 +141,7 @@ def transcribe(workdir: str, files: Sequence[str], *, beam: int | None = None, c
   batch_size = run.config.get("eval_batch_size") or run.config.batch_size
   strategy = task.eval_batching
   rate = run.info.sample_rate
+  speaker_arrays = _file_speaker_arrays(run, strategy, batch_size)
   for first in range(0, len(files), group):
     names = files[first:first + group]
     chunks, results = [], {}
@@ -150,8 +153,9 @@ def transcribe(workdir: str, files: Sequence[str], *, beam: int | None = None, c
         continue
       for start, end in chunk_bounds(audio, strategy.max_samples):
         chunks.append((path, start / rate, audio[start:end]))
-    rows = _decode_chunks(lambda batch: step(state, run.to_global(batch)), strategy,
-                          [audio for _, _, audio in chunks], batch_size)
+    audios = [audio for _, _, audio in chunks]
+    chunk_rows = speaker_arrays(state, audios, [path for path, _, _ in chunks]) if speaker_arrays else None
+    rows = _decode_chunks(lambda batch: step(state, run.to_global(batch)), strategy, audios, batch_size, chunk_rows)
     per_file: dict[str, list] = {}
     for (path, offset, _), row in zip(chunks, rows):
       per_file.setdefault(path, []).append((offset, row))
@@ -170,8 +174,27 @@ def _beam_rows_of(run, *, beam: int, ctc_weight: float | None):
   return functools.partial(method, beam=beam, ctc_weight=float(weight), length_penalty=float(options["length_penalty"]))
 
 
-def _decode_chunks(decode, strategy, chunks: list[np.ndarray], batch_size: int) -> list[dict]:
-  """`decode(batch)`'s row of every chunk, in order: chunks batched by bucket, padding rows for the rest."""
+def _file_speaker_arrays(run, strategy, batch_size: int):
+  """For a model that normalises per speaker: `fn(state, chunks, files) -> {"feature_mean", "feature_std"}`, a
+  row per chunk (`files[i]`: chunk i's), each file its own speaker over all of its chunks, their raw features
+  summed on the device (the task's `feature_sum_rows`, pooled by its `speaker_arrays`); None for other models."""
+  if getattr(run.model, "normalization", None) != "speaker":
+    return None
+  task, model = run.task, run.model
+  sums = run.jit_eval(lambda state, batch: task.feature_sum_rows(model, {"params": state.params, **state.model_state},
+                                                                  batch))
+
+  def arrays(state, chunks: list[np.ndarray], files: list[str]) -> dict[str, np.ndarray]:
+    rows = _decode_chunks(lambda batch: sums(state, run.to_global(batch)), strategy, chunks, batch_size)
+    return task.speaker_arrays({key: np.stack([row[key] for row in rows]) for key in rows[0]}, files) if rows else {}
+
+  return arrays
+
+
+def _decode_chunks(decode, strategy, chunks: list[np.ndarray], batch_size: int,
+                   chunk_rows: dict[str, np.ndarray] | None = None) -> list[dict]:
+  """`decode(batch)`'s row of every chunk, in order: chunks batched by bucket, padding rows for the rest;
+  `chunk_rows` (arrays of a row per chunk) join the batches beside the audio, zeros in padding rows."""
   rows: list[dict | None] = [None] * len(chunks)
   buckets = strategy.buckets_of([chunk.shape[0] for chunk in chunks])
   for bucket in np.unique(buckets):
@@ -186,8 +209,11 @@ def _decode_chunks(decode, strategy, chunks: list[np.ndarray], batch_size: int) 
         lengths[row] = chunks[index].shape[0]
       index = np.full(batch_size, -1, np.int32)
       index[:indices.size] = indices
-      out = {key: _host(value) for key, value in
-             decode({"audio": audio, "audio_lengths": lengths, "index": index}).items()}
+      batch = {"audio": audio, "audio_lengths": lengths, "index": index}
+      for key, values in (chunk_rows or {}).items():
+        batch[key] = np.zeros((batch_size, *values.shape[1:]), values.dtype)
+        batch[key][:indices.size] = values[indices]
+      out = {key: _host(value) for key, value in decode(batch).items()}
       for row, chunk in enumerate(indices):
         rows[chunk] = {key: value[row] for key, value in out.items()}
   return rows

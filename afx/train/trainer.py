@@ -60,7 +60,8 @@ class TrainState:
 
 
 def init_state(rng, *, model, tx, example_inputs) -> TrainState:
-  variables = dict(model.init({"params": rng, "dropout": rng}, *map(jnp.asarray, example_inputs), train=False))
+  inputs = jax.tree.map(jnp.asarray, tuple(example_inputs))  # an input may be a tuple of arrays or None
+  variables = dict(model.init({"params": rng, "dropout": rng}, *inputs, train=False))
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                     opt_state=tx.init(params))
